@@ -1,0 +1,234 @@
+//! `provision`: the client. Enqueues provisioning jobs and runs the
+//! operator's commands. Exit codes: see `exit_codes.rs`.
+
+mod commands;
+mod exit_codes;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use provision_worker::options::{ConnectionOptions, init_logging};
+
+use crate::exit_codes::{CliError, INVALID};
+
+/// Provisions tenants of the platform: enqueues CreateTenant, SeedDemoData
+/// and MigrateSchema jobs for provision-worker, and shows and repairs what
+/// they did.
+#[derive(Debug, Parser)]
+#[command(name = "provision", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    connection: ConnectionOptions,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a new tenant, record it and enqueue CreateTenant.
+    ///
+    /// Without a password option, a strong password is generated and printed
+    /// once. The password is hashed here: only the hash leaves this process.
+    ///
+    /// Example: provision create-tenant --schema-name theo --tenant-name "Theo Stam"
+    /// --domain theo.newconcierge.app --admin-email theo@example.com
+    /// --admin-password-stdin --trial-days 30 --wait
+    CreateTenant(CreateTenantArgs),
+
+    /// Enqueue SeedDemoData: the demo building and its 10 apartments, once.
+    ///
+    /// Example: provision seed-demo-data --schema-name theo --wait
+    SeedDemoData(SeedArgs),
+
+    /// One tenant: state, history, domains, trial, counts, schema version.
+    ///
+    /// Example: provision status --schema-name theo --json
+    Status(StatusArgs),
+
+    /// Every tenant, one line each, newest first.
+    ///
+    /// Example: provision list --state failed
+    List(ListArgs),
+
+    /// Apply public migrations and make sure the public tenant and its
+    /// domain exist (creates the database if it is missing).
+    ///
+    /// Example: provision init --public-domain newconcierge.app
+    Init(InitArgs),
+}
+
+/// Where the admin password comes from: at most one of these.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+struct PasswordSource {
+    /// Read the admin password from the first line of standard input
+    /// (keeps it out of the process list).
+    #[arg(long)]
+    admin_password_stdin: bool,
+
+    /// Read the admin password from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    admin_password_file: Option<PathBuf>,
+
+    /// The admin password itself. Works, as in the platform's guide, but
+    /// other users of this machine can read it in the process list.
+    #[arg(long, value_name = "PASSWORD")]
+    admin_password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CreateTenantArgs {
+    /// Schema name: 1 to 63 of a-z, 0-9 and _, starting with a letter.
+    #[arg(long)]
+    schema_name: String,
+
+    /// The tenant's display name (any text, up to 100 characters).
+    #[arg(long)]
+    tenant_name: String,
+
+    /// Primary domain [default: <schema-name>.<base domain>].
+    #[arg(long)]
+    domain: Option<String>,
+
+    /// The admin user's email [default: admin@<domain>].
+    #[arg(long)]
+    admin_email: Option<String>,
+
+    #[command(flatten)]
+    password: PasswordSource,
+
+    /// Days of trial: paid_until is today plus this (0: no trial).
+    #[arg(long, default_value_t = 30, allow_negative_numbers = true)]
+    trial_days: i32,
+
+    /// Do not seed the demo building.
+    #[arg(long)]
+    skip_demo_data: bool,
+
+    /// Check everything against the live database and print the plan;
+    /// write and enqueue nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Follow the steps until ready (exit 0) or failed (exit 1).
+    #[arg(long)]
+    wait: bool,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct SeedArgs {
+    /// The tenant.
+    #[arg(long)]
+    schema_name: String,
+
+    /// Wait until the demo data is there.
+    #[arg(long)]
+    wait: bool,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The tenant.
+    #[arg(long)]
+    schema_name: String,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only tenants in this state.
+    #[arg(long)]
+    state: Option<String>,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// The public tenant's domain [default: the base domain].
+    #[arg(long)]
+    public_domain: Option<String>,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Command {
+    fn json(&self) -> bool {
+        match self {
+            Self::CreateTenant(a) => a.json,
+            Self::SeedDemoData(a) => a.json,
+            Self::Status(a) => a.json,
+            Self::List(a) => a.json,
+            Self::Init(a) => a.json,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(cli.connection.log_format, "warn");
+    let json = cli.command.json();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli.connection, cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            output::print_error(&e, json);
+            e.exit_code()
+        }
+    }
+}
+
+/// Help and version go out as clap prints them; any other parse error is
+/// exit 2, as JSON on stdout when `--json` was asked for.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|a| a == "--json") {
+        let message = e.kind().to_string();
+        let detail = e.to_string();
+        let first_line = detail
+            .lines()
+            .next()
+            .unwrap_or(&message)
+            .trim_start_matches("error: ");
+        output::print_error(&CliError::new(INVALID, "usage", first_line), true);
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(INVALID)
+}

@@ -1,0 +1,146 @@
+//! How `provision` prints: one JSON document on stdout with `--json`
+//! (errors included), readable text otherwise.
+
+use chrono::{DateTime, Utc};
+use provision_shared::status::{HistoryEntry, TenantListEntry, TenantStatus};
+use serde::Serialize;
+
+use crate::exit_codes::CliError;
+
+/// Prints `value` as the single JSON document of this run.
+pub(crate) fn print_json<T: Serialize>(value: &T) {
+    println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+}
+
+/// Prints an error: `{"error": {...}}` on stdout with `--json`, a line on
+/// stderr otherwise.
+pub(crate) fn print_error(error: &CliError, json: bool) {
+    if json {
+        print_json(&serde_json::json!({
+            "error": {"code": error.code, "message": error.message, "field": error.field}
+        }));
+    } else {
+        eprintln!("error: {}", error.message);
+    }
+}
+
+fn time(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+/// One history entry as a line (used by `status` and by `--wait`).
+pub(crate) fn history_line(entry: &HistoryEntry) -> String {
+    let mut line = format!(
+        "{}  {:<15} {:<15} attempt {:<2} by {}",
+        time(&entry.at),
+        entry.step,
+        entry.state,
+        entry.attempt,
+        entry.actor
+    );
+    if let Some(error) = &entry.error {
+        line.push_str(&format!("\n      error: {error}"));
+    }
+    line
+}
+
+fn yes_no(value: Option<bool>) -> &'static str {
+    match value {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    }
+}
+
+fn count(value: Option<i64>) -> String {
+    value.map_or_else(|| "- (tables not created yet)".to_owned(), |n| n.to_string())
+}
+
+/// `provision status` as text.
+pub(crate) fn print_status(status: &TenantStatus) {
+    println!("Tenant {} — {}", status.schema_name, status.name);
+    let mut state = status.state.clone();
+    if let Some(step) = &status.failed_step {
+        state.push_str(&format!(" at step {step} (attempt {})", status.attempt));
+    }
+    println!("  state       {state}");
+    if let Some(error) = &status.last_error {
+        println!("  last error  {error}");
+    }
+    if status.domains.is_empty() {
+        println!(
+            "  domains     none (`provision fix-domain --schema-name {}` adds one)",
+            status.schema_name
+        );
+    }
+    for (i, d) in status.domains.iter().enumerate() {
+        let label = if i == 0 { "domains" } else { "" };
+        let primary = if d.is_primary { " (primary)" } else { "" };
+        println!("  {label:<11} {}{primary}", d.domain);
+    }
+    println!("  active      {}", yes_no(status.is_active));
+    let trial = match (status.on_trial, status.paid_until, status.days_remaining) {
+        (on_trial, Some(paid_until), Some(days)) => format!(
+            "{}, {days} days remaining (paid until {paid_until})",
+            if on_trial == Some(true) {
+                "on trial"
+            } else {
+                "paid"
+            }
+        ),
+        _ => "-".to_owned(),
+    };
+    println!("  trial       {trial}");
+    println!("  buildings   {}", count(status.buildings));
+    println!("  users       {}", count(status.users));
+    if let Some(demo) = &status.demo_data {
+        println!("  demo data   {demo}");
+    }
+    println!(
+        "  migration   {} of {}",
+        status.migration.applied, status.migration.latest
+    );
+    if let Some(job) = &status.job_id {
+        println!("  last job    {job}");
+    }
+    if !status.history.is_empty() {
+        println!("History (oldest first)");
+        for entry in &status.history {
+            println!("  {}", history_line(entry));
+        }
+    }
+}
+
+/// `provision list` as aligned columns.
+pub(crate) fn print_list(entries: &[TenantListEntry]) {
+    let rows: Vec<[String; 5]> = entries
+        .iter()
+        .map(|e| {
+            [
+                e.schema_name.clone(),
+                e.name.clone(),
+                e.state.clone(),
+                e.primary_domain.clone().unwrap_or_else(|| "-".into()),
+                e.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            ]
+        })
+        .collect();
+    let header = ["SCHEMA", "NAME", "STATE", "PRIMARY DOMAIN", "UPDATED (UTC)"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell}{}", " ".repeat(w - cell.chars().count())))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    if rows.is_empty() {
+        println!("(no tenants)");
+    }
+}

@@ -1,0 +1,97 @@
+//! Connecting to PostgreSQL: the pool settings that matter at thousands of
+//! schemas, creating a missing database, and URLs safe to print.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::error::ProvisionError;
+
+/// The default `DATABASE_URL`.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/concierge";
+/// The default `REDIS_URL`.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The default `PROVISION_NAMESPACE`.
+pub const DEFAULT_NAMESPACE: &str = "concierge";
+/// The default `PROVISION_BASE_DOMAIN`.
+pub const DEFAULT_BASE_DOMAIN: &str = "newconcierge.app";
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A pool for `url` with at most `max_connections`.
+///
+/// Connections are recycled after 10 minutes: a connection that provisions
+/// many tenants slows down as its per-connection caches grow (see
+/// `shared/spec/postgres-notes.md`).
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ProvisionError> {
+    let options: PgConnectOptions = url.parse()?;
+    let options = options.disable_statement_logging();
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .max_lifetime(Duration::from_secs(600))
+        .idle_timeout(Duration::from_secs(60))
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+/// Creates the database named in `url` if it does not exist, connecting to
+/// the server's `postgres` database to do so. Safe when several processes do
+/// it at once.
+pub async fn create_database_if_missing(url: &str) -> Result<bool, ProvisionError> {
+    let options: PgConnectOptions = url.parse()?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    match sqlx::PgConnection::connect_with(&options).await {
+        Ok(conn) => {
+            conn.close().await?;
+            return Ok(false);
+        }
+        // invalid_catalog_name: the database does not exist.
+        Err(e) if crate::error::sqlstate(&e).as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let created = sqlx::raw_sql(crate::ident::trusted_sql(format!(
+        "CREATE DATABASE {}",
+        crate::ident::quote_ident(&name)
+    )))
+    .execute(&mut admin)
+    .await;
+    admin.close().await?;
+    match created {
+        Ok(_) => Ok(true),
+        // duplicate_database: another process made it first.
+        Err(e) if crate::error::sqlstate(&e).as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/concierge"),
+            "postgres://app:***@db:5432/concierge"
+        );
+        assert_eq!(redact_url(DEFAULT_DATABASE_URL), DEFAULT_DATABASE_URL);
+        assert_eq!(redact_url("redis://:pw@r:6379"), "redis://:***@r:6379");
+    }
+}

@@ -1,0 +1,209 @@
+//! One error type for everything `shared` does, that knows whether trying
+//! again can help: the worker retries transient errors only.
+
+use std::fmt;
+
+/// A field of a request that broke a rule: the message names both, so the
+/// operator knows what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidInput {
+    /// The field as the user typed it: `schema_name`, `domain`, …
+    pub field: &'static str,
+    /// The rule that was broken, in words.
+    pub rule: String,
+}
+
+impl fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: {}", self.field, self.rule)
+    }
+}
+
+impl std::error::Error for InvalidInput {}
+
+/// Why a provisioning operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The input broke a rule; nothing was written.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+
+    /// The request clashes with what exists (a schema name or domain owned by
+    /// another tenant, a re-create with other details). Permanent.
+    #[error("conflict on {field}: {message}")]
+    Conflict {
+        /// The field whose value is taken.
+        field: &'static str,
+        /// What it clashes with.
+        message: String,
+    },
+
+    /// No tenant by that schema name.
+    #[error("no tenant with schema_name {0:?}; `provision list` shows the tenants")]
+    UnknownTenant(String),
+
+    /// The operation does not apply to the tenant's current state (a retry of
+    /// a tenant that has not failed, say).
+    #[error("{0}")]
+    WrongState(String),
+
+    /// A tenant migration is broken or was changed after it was applied.
+    #[error("migration {version} ({name}): {message}")]
+    Migration {
+        /// Its number.
+        version: i32,
+        /// Its file name without the number.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The job queue could not be reached or refused the job.
+    #[error("queue: {0}")]
+    Queue(String),
+
+    /// PostgreSQL said no, or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ProvisionError {
+    /// A conflict on `field`.
+    pub fn conflict(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Whether trying again, unchanged, cannot succeed.
+    ///
+    /// Database errors are transient when the server or the connection is at
+    /// fault (connection lost, timeout, serialization failure, deadlock, lock
+    /// timeout, server shutting down) and permanent when the statement itself
+    /// is refused (a constraint, a permission, bad SQL).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Invalid(_)
+            | Self::Conflict { .. }
+            | Self::UnknownTenant(_)
+            | Self::WrongState(_)
+            | Self::Migration { .. } => true,
+            Self::Queue(_) => false,
+            Self::Database(e) => !is_transient_db_error(e),
+        }
+    }
+
+    /// Whether PostgreSQL or Redis could not be reached at all (exit code 3
+    /// for the client).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Queue(_) => true,
+            Self::Database(e) => is_connection_error(e),
+            _ => false,
+        }
+    }
+
+    /// A short stable code for scripts (`--json` errors, metrics labels).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid_input",
+            Self::Conflict { .. } => "conflict",
+            Self::UnknownTenant(_) => "unknown_tenant",
+            Self::WrongState(_) => "wrong_state",
+            Self::Migration { .. } => "migration",
+            Self::Queue(_) => "redis_unreachable",
+            Self::Database(e) if is_connection_error(e) => "postgres_unreachable",
+            Self::Database(_) => "database",
+        }
+    }
+
+    /// The field at fault, where there is one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::Invalid(i) => Some(i.field),
+            Self::Conflict { field, .. } => Some(field),
+            Self::UnknownTenant(_) => Some("schema_name"),
+            _ => None,
+        }
+    }
+}
+
+/// The server's SQLSTATE, if PostgreSQL answered with an error.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// The name of the constraint a statement broke, if any: matched against the
+/// names in `migrations/`, never against message text.
+pub fn violated_constraint(e: &sqlx::Error) -> Option<&str> {
+    match e {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(_) => {
+            matches!(
+                sqlstate(e).as_deref(),
+                // cannot_connect_now, admin_shutdown, crash_shutdown, too_many_connections
+                Some("57P03" | "57P01" | "57P02" | "53300")
+            ) || sqlstate(e).is_some_and(|s| s.starts_with("08"))
+        }
+        _ => false,
+    }
+}
+
+fn is_transient_db_error(e: &sqlx::Error) -> bool {
+    if is_connection_error(e) {
+        return true;
+    }
+    match sqlstate(e).as_deref() {
+        // serialization_failure, deadlock_detected, lock_not_available,
+        // query_canceled (statement/lock timeout), insufficient resources.
+        Some("40001" | "40P01" | "55P03" | "57014" | "53000" | "53100" | "53200") => true,
+        Some(_) => false,
+        None => matches!(e, sqlx::Error::Protocol(_)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_conflict_and_migration_errors_are_permanent() {
+        let invalid = ProvisionError::from(InvalidInput {
+            field: "schema_name",
+            rule: "x".into(),
+        });
+        assert!(invalid.is_permanent());
+        assert!(ProvisionError::conflict("domain", "taken").is_permanent());
+        assert!(
+            ProvisionError::Migration {
+                version: 1,
+                name: "a".into(),
+                message: "b".into()
+            }
+            .is_permanent()
+        );
+    }
+
+    #[test]
+    fn lost_connections_and_queue_errors_are_transient() {
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(!ProvisionError::Database(io).is_permanent());
+        assert!(!ProvisionError::Database(sqlx::Error::PoolTimedOut).is_permanent());
+        assert!(!ProvisionError::Queue("down".into()).is_permanent());
+    }
+}

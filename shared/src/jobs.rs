@@ -1,0 +1,151 @@
+//! Job payloads: a wire format, independent of Rust type paths. Each carries
+//! only what its step needs to find its work in PostgreSQL, never a secret.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProvisionError;
+
+/// The kinds of job, each with its own queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    /// [`CreateTenant`].
+    CreateTenant,
+    /// [`SeedDemoData`].
+    SeedDemoData,
+    /// [`MigrateSchema`].
+    MigrateSchema,
+}
+
+impl JobKind {
+    /// Every kind.
+    pub const ALL: [JobKind; 3] = [Self::CreateTenant, Self::SeedDemoData, Self::MigrateSchema];
+
+    /// The stable name: part of the queue's Redis keys and of log fields.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CreateTenant => "create_tenant",
+            Self::SeedDemoData => "seed_demo_data",
+            Self::MigrateSchema => "migrate_schema",
+        }
+    }
+
+    /// The queue of this kind under `namespace`: every Redis key of the queue
+    /// starts with it.
+    pub fn queue(self, namespace: &str) -> String {
+        format!("{namespace}:{}", self.name())
+    }
+}
+
+/// Current version of every payload below.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// Provision the tenant requested under `schema_name`; the request itself
+/// (names, domain, password hash) is in `provision_tenant`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Payload version.
+    pub v: u32,
+    /// The tenant.
+    pub schema_name: String,
+}
+
+/// Seed the contract's demo data into a ready tenant, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedDemoData {
+    /// Payload version.
+    pub v: u32,
+    /// The tenant.
+    pub schema_name: String,
+}
+
+/// Apply pending tenant migrations to one schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSchema {
+    /// Payload version.
+    pub v: u32,
+    /// The tenant.
+    pub schema_name: String,
+    /// The migrate-all run this job belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
+}
+
+/// A job to push, with when it may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRequest {
+    /// Which queue.
+    pub kind: JobKind,
+    /// The tenant it is for.
+    pub schema_name: String,
+    /// For [`JobKind::MigrateSchema`]: the run it belongs to.
+    pub run_id: Option<i64>,
+    /// Not before this many milliseconds from now (0: at once).
+    pub delay_ms: u64,
+}
+
+impl JobRequest {
+    /// A job of `kind` for `schema_name`, to run at once.
+    pub fn now(kind: JobKind, schema_name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            schema_name: schema_name.into(),
+            run_id: None,
+            delay_ms: 0,
+        }
+    }
+
+    /// The payload as JSON.
+    pub fn payload(&self) -> serde_json::Value {
+        let schema_name = self.schema_name.clone();
+        match self.kind {
+            JobKind::CreateTenant => serde_json::to_value(CreateTenant {
+                v: PAYLOAD_VERSION,
+                schema_name,
+            }),
+            JobKind::SeedDemoData => serde_json::to_value(SeedDemoData {
+                v: PAYLOAD_VERSION,
+                schema_name,
+            }),
+            JobKind::MigrateSchema => serde_json::to_value(MigrateSchema {
+                v: PAYLOAD_VERSION,
+                schema_name,
+                run_id: self.run_id,
+            }),
+        }
+        .expect("payloads are plain structs")
+    }
+}
+
+/// Where handlers push follow-up jobs (demo data after a tenant, a retry
+/// later). Implemented over the real queue by the worker crate; `shared`
+/// knows nothing of it.
+pub trait JobSink: Send + Sync {
+    /// Pushes the job; returns its id.
+    fn push(&self, job: JobRequest) -> impl Future<Output = Result<String, ProvisionError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_carry_only_the_schema_name_and_version() {
+        let value = JobRequest::now(JobKind::CreateTenant, "theo").payload();
+        assert_eq!(value, serde_json::json!({"v": 1, "schema_name": "theo"}));
+        let parsed: CreateTenant = serde_json::from_value(value).unwrap();
+        assert_eq!(parsed.schema_name, "theo");
+    }
+
+    #[test]
+    fn queues_are_under_the_namespace() {
+        assert_eq!(
+            JobKind::CreateTenant.queue("concierge"),
+            "concierge:create_tenant"
+        );
+    }
+}

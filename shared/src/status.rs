@@ -1,0 +1,239 @@
+//! What operators read: one tenant's status and the list of tenants. The
+//! answers to the guide's monitoring snippets (trial days left, buildings and
+//! users per tenant) in one query each.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::error::ProvisionError;
+use crate::ident::schema_sql;
+use crate::state::TenantState;
+
+/// The state shown for a tenant that exists in `tenants_client` but was not
+/// provisioned by this project (the public tenant, or one made by hand).
+pub const EXTERNAL_STATE: &str = "external";
+
+/// A domain of a tenant.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+pub struct DomainInfo {
+    /// The host name.
+    pub domain: String,
+    /// Whether it is the tenant's primary domain.
+    pub is_primary: bool,
+}
+
+/// A tenant's schema version against the newest this binary knows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MigrationInfo {
+    /// The newest applied migration (0: none).
+    pub applied: i32,
+    /// The newest migration known.
+    pub latest: i32,
+}
+
+/// One entry of a tenant's history.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+pub struct HistoryEntry {
+    /// Its order among all events.
+    pub id: i64,
+    /// The state after the event.
+    pub state: String,
+    /// The state before it (`None` for the request itself).
+    pub from_state: Option<String>,
+    /// The step or action.
+    pub step: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Which execution of the step.
+    pub attempt: i32,
+    /// The error, for a failure or a retry.
+    pub error: Option<String>,
+    /// Who: a worker's name or an operator.
+    pub actor: String,
+}
+
+/// Everything `provision status` shows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TenantStatus {
+    /// The schema.
+    pub schema_name: String,
+    /// The display name.
+    pub name: String,
+    /// The provisioning state (or `external`).
+    pub state: String,
+    /// The step that failed, while failed.
+    pub failed_step: Option<String>,
+    /// The last error seen.
+    pub last_error: Option<String>,
+    /// Executions of the current step.
+    pub attempt: i32,
+    /// The domains, primary first.
+    pub domains: Vec<DomainInfo>,
+    /// `tenants_client.is_active` (false until ready).
+    pub is_active: Option<bool>,
+    /// `tenants_client.on_trial`.
+    pub on_trial: Option<bool>,
+    /// `tenants_client.paid_until`.
+    pub paid_until: Option<NaiveDate>,
+    /// Days from today (UTC) to `paid_until`; negative once expired.
+    pub days_remaining: Option<i64>,
+    /// `tenants_client.created_on`.
+    pub created_on: Option<NaiveDate>,
+    /// Buildings in the schema (None before its tables exist).
+    pub buildings: Option<i64>,
+    /// Users in the schema (None before its tables exist).
+    pub users: Option<i64>,
+    /// Demo data: skipped, pending, seeded or failed.
+    pub demo_data: Option<String>,
+    /// Schema version.
+    pub migration: MigrationInfo,
+    /// The id of the latest job pushed for it.
+    pub job_id: Option<String>,
+    /// Every transition and event, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    schema_name: String,
+    name: String,
+    state: Option<String>,
+    failed_step: Option<String>,
+    last_error: Option<String>,
+    attempt: Option<i32>,
+    is_active: Option<bool>,
+    on_trial: Option<bool>,
+    paid_until: Option<NaiveDate>,
+    days_remaining: Option<i32>,
+    created_on: Option<NaiveDate>,
+    demo_data: Option<String>,
+    schema_version: Option<i32>,
+    job_id: Option<String>,
+    has_tables: bool,
+}
+
+/// The status of one tenant, `latest` being the newest tenant migration.
+pub async fn tenant_status(
+    pool: &PgPool,
+    schema_name: &str,
+    latest: i32,
+) -> Result<TenantStatus, ProvisionError> {
+    let row: Option<StatusRow> = sqlx::query_as(
+        "SELECT coalesce(p.schema_name, c.schema_name) AS schema_name,
+                coalesce(c.name, p.tenant_name) AS name,
+                p.state, p.failed_step, p.last_error, p.attempt,
+                c.is_active, c.on_trial, c.paid_until,
+                c.paid_until - (now() AT TIME ZONE 'UTC')::date AS days_remaining,
+                c.created_on, p.demo_data_state AS demo_data, p.schema_version, p.job_id,
+                to_regclass(quote_ident($1) || '.users_customuser') IS NOT NULL
+                    AND to_regclass(quote_ident($1) || '.buildings_building') IS NOT NULL AS has_tables
+         FROM public.provision_tenant p
+         FULL JOIN public.tenants_client c ON c.schema_name = p.schema_name
+         WHERE p.schema_name = $1 OR c.schema_name = $1",
+    )
+    .bind(schema_name)
+    .fetch_optional(pool)
+    .await?;
+    let row = row.ok_or_else(|| ProvisionError::UnknownTenant(schema_name.to_owned()))?;
+    let domains: Vec<DomainInfo> = sqlx::query_as(
+        "SELECT d.domain, d.is_primary FROM public.tenants_domain d
+         JOIN public.tenants_client c ON c.id = d.tenant_id
+         WHERE c.schema_name = $1 ORDER BY d.is_primary DESC, d.domain",
+    )
+    .bind(schema_name)
+    .fetch_all(pool)
+    .await?;
+    let (buildings, users) = if row.has_tables && schema_name != "public" {
+        let (b, u): (i64, i64) = sqlx::query_as(schema_sql(
+            "SELECT (SELECT count(*) FROM {schema}.buildings_building),
+                    (SELECT count(*) FROM {schema}.users_customuser)",
+            schema_name,
+        ))
+        .fetch_one(pool)
+        .await?;
+        (Some(b), Some(u))
+    } else {
+        (None, None)
+    };
+    let history = tenant_history(pool, schema_name, 0).await?;
+    Ok(TenantStatus {
+        schema_name: row.schema_name,
+        name: row.name,
+        state: row.state.unwrap_or_else(|| EXTERNAL_STATE.to_owned()),
+        failed_step: row.failed_step,
+        last_error: row.last_error,
+        attempt: row.attempt.unwrap_or(0),
+        domains,
+        is_active: row.is_active,
+        on_trial: row.on_trial,
+        paid_until: row.paid_until,
+        days_remaining: row.days_remaining.map(i64::from),
+        created_on: row.created_on,
+        buildings,
+        users,
+        demo_data: row.demo_data,
+        migration: MigrationInfo {
+            applied: row.schema_version.unwrap_or(0),
+            latest,
+        },
+        job_id: row.job_id,
+        history,
+    })
+}
+
+/// The tenant's history entries after the one numbered `after_id` (0: all),
+/// oldest first.
+pub async fn tenant_history(
+    pool: &PgPool,
+    schema_name: &str,
+    after_id: i64,
+) -> Result<Vec<HistoryEntry>, ProvisionError> {
+    let entries = sqlx::query_as(
+        "SELECT id, to_state AS state, from_state, step, at, attempt, error, actor
+         FROM public.provision_event WHERE schema_name = $1 AND id > $2 ORDER BY id",
+    )
+    .bind(schema_name)
+    .bind(after_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(entries)
+}
+
+/// One line of `provision list`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+pub struct TenantListEntry {
+    /// The schema.
+    pub schema_name: String,
+    /// The display name.
+    pub name: String,
+    /// The provisioning state (or `external`).
+    pub state: String,
+    /// The primary domain, if any.
+    pub primary_domain: Option<String>,
+    /// When its provisioning last changed (or its creation day).
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every tenant, newest first, optionally only those in `state`.
+pub async fn list_tenants(
+    pool: &PgPool,
+    state: Option<TenantState>,
+) -> Result<Vec<TenantListEntry>, ProvisionError> {
+    let rows = sqlx::query_as(
+        "SELECT coalesce(p.schema_name, c.schema_name) AS schema_name,
+                coalesce(c.name, p.tenant_name) AS name,
+                coalesce(p.state, 'external') AS state,
+                (SELECT d.domain FROM public.tenants_domain d
+                  WHERE d.tenant_id = c.id AND d.is_primary) AS primary_domain,
+                coalesce(p.updated_at, c.created_on::timestamptz) AS updated_at
+         FROM public.provision_tenant p
+         FULL JOIN public.tenants_client c ON c.schema_name = p.schema_name
+         WHERE $1::text IS NULL OR p.state = $1
+         ORDER BY coalesce(p.created_at, c.created_on::timestamptz) DESC, 1",
+    )
+    .bind(state.map(TenantState::as_str))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}

@@ -1,0 +1,409 @@
+//! The test environment: a database and a Redis namespace of the test's
+//! own, the real binaries, and worker processes that are really started and
+//! really killed. Everything is removed when the environment is dropped, so
+//! tests run in parallel and reruns do not collide.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use provision_shared::migrate::apply_public_migrations;
+use sqlx::{Connection, PgPool};
+
+/// The server the tests use, without a database name.
+fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Redis for the tests.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A built binary of this workspace, next to the test executable's folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// The output of one `provision` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// stdout as the one JSON document it must be.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Panics with the output unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A running `provision-worker`.
+pub struct Worker {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// The worker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(
+                start.elapsed() < timeout,
+                "worker log never showed {needle:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL").
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; its exit code (None: by a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "worker did not exit in {timeout:?}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One test's own database and Redis namespace.
+pub struct TestEnv {
+    pub database_url: String,
+    pub namespace: String,
+    pub pool: PgPool,
+    db_name: String,
+    dir: PathBuf,
+}
+
+impl TestEnv {
+    /// A new database (public migrations applied) and namespace named after
+    /// `label` and a unique suffix.
+    pub async fn new(label: &str) -> Self {
+        let suffix = ulid::Ulid::generate().to_string().to_lowercase();
+        let id = format!("pt_{label}_{}", &suffix[suffix.len() - 10..]);
+        let admin_url = admin_database_url();
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{id}\"")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let base = admin_url.rsplit_once('/').expect("url with a database").0;
+        let database_url = format!("{base}/{id}");
+        let pool = provision_shared::db::connect(&database_url, 10)
+            .await
+            .expect("connect to test database");
+        apply_public_migrations(&pool).await.expect("public migrations");
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self {
+            namespace: id.clone(),
+            db_name: id,
+            database_url,
+            pool,
+            dir,
+        }
+    }
+
+    /// A folder of this test's own.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn env_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url.clone()),
+            ("REDIS_URL", redis_url()),
+            ("PROVISION_NAMESPACE", self.namespace.clone()),
+            ("PROVISION_BASE_DOMAIN", "newconcierge.app".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+    }
+
+    /// Runs `provision` with `args`, `stdin` fed to it.
+    pub fn provision_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut cmd = Command::new(binary("provision"));
+        cmd.args(args)
+            .envs(self.env_vars())
+            .env_remove("LOG_FORMAT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run provision");
+        {
+            let mut input = child.stdin.take().expect("stdin");
+            if let Some(text) = stdin {
+                input.write_all(text.as_bytes()).expect("write stdin");
+            }
+        }
+        Run::from(child.wait_with_output().expect("provision output"))
+    }
+
+    /// Runs `provision` with `args`.
+    pub fn provision(&self, args: &[&str]) -> Run {
+        self.provision_with_stdin(args, None)
+    }
+
+    /// Starts a worker with `extra` environment variables; waits until it
+    /// is taking jobs.
+    pub async fn start_worker(&self, extra: &[(&str, &str)]) -> Worker {
+        let log = self.dir.join(format!("worker-{}.log", ulid::Ulid::generate()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary("provision-worker"))
+            .envs(self.env_vars())
+            .envs(extra.iter().map(|(k, v)| (*k, *v)))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start provision-worker");
+        let worker = Worker { child, log };
+        worker
+            .wait_for_log("worker starting", Duration::from_secs(30))
+            .await;
+        worker
+    }
+
+    /// Every Redis key of this test's namespace with its content, as text.
+    pub async fn redis_dump(&self) -> BTreeMap<String, String> {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to Redis");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.namespace))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        let mut dump = BTreeMap::new();
+        for key in keys {
+            let kind: String = redis::cmd("TYPE")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("TYPE");
+            let content: Vec<String> = match kind.as_str() {
+                "string" => vec![
+                    redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default(),
+                ],
+                "hash" => redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default(),
+                "list" => redis::cmd("LRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default(),
+                "set" => redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default(),
+                "zset" => redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default(),
+                other => vec![format!("<{other}>")],
+            };
+            dump.insert(key, content.join("\n"));
+        }
+        dump
+    }
+
+    /// A snapshot of what this project writes to PostgreSQL: every row of
+    /// the public tables and the list of schemas, as text.
+    pub async fn pg_snapshot(&self) -> Vec<String> {
+        let mut rows: Vec<String> = Vec::new();
+        for table in [
+            "tenants_client",
+            "tenants_domain",
+            "provision_tenant",
+            "provision_event",
+            "provision_rejected_job",
+        ] {
+            let text: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT '{table}: ' || t::text FROM public.{table} t ORDER BY 1"
+            )))
+            .fetch_all(&self.pool)
+            .await
+            .expect("snapshot");
+            rows.extend(text);
+        }
+        let schemas: Vec<String> =
+            sqlx::query_scalar("SELECT 'schema: ' || nspname FROM pg_namespace ORDER BY 1")
+                .fetch_all(&self.pool)
+                .await
+                .expect("schemas");
+        rows.extend(schemas);
+        rows
+    }
+
+    /// Waits until the tenant's state is `state` (or panics after `timeout`).
+    pub async fn wait_for_state(&self, schema: &str, state: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let now: Option<String> =
+                sqlx::query_scalar("SELECT state FROM provision_tenant WHERE schema_name = $1")
+                    .bind(schema)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .expect("state");
+            if now.as_deref() == Some(state) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "tenant {schema} is {now:?}, not {state}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Removes the database and the Redis keys of this test.
+    fn cleanup(db_name: String, namespace: String, dir: PathBuf) {
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url())
+                    && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{namespace}:*"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap_or_default();
+                    for chunk in keys.chunks(500) {
+                        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+                    }
+                }
+            });
+            let _ = std::fs::remove_dir_all(dir);
+        });
+        let _ = handle.join();
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        Self::cleanup(self.db_name.clone(), self.namespace.clone(), self.dir.clone());
+    }
+}
+
+/// `provision create-tenant` arguments for the guide's `theo`, under `schema`.
+pub fn guide_tenant_args(schema: &str) -> Vec<String> {
+    vec![
+        "create-tenant".into(),
+        "--schema-name".into(),
+        schema.into(),
+        "--tenant-name".into(),
+        "Theo Stam".into(),
+        "--domain".into(),
+        format!("{}.newconcierge.app", schema.replace('_', "-")),
+        "--admin-email".into(),
+        format!("{schema}@example.com"),
+        "--trial-days".into(),
+        "30".into(),
+    ]
+}
+
+/// `args` as `&str`s.
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}

@@ -1,0 +1,9 @@
+//! One integration-test binary: the real `provision` and `provision-worker`
+//! against real PostgreSQL and Redis. Each test has its own database and
+//! Redis namespace.
+
+#![allow(unreachable_pub)] // helpers are shared between the test modules only
+
+mod helpers;
+mod input;
+mod provisioning;

@@ -1,0 +1,188 @@
+//! The apalis handlers: each parses its payload, runs the plain function of
+//! `shared` in a span naming the job, and turns the outcome into what the
+//! queue library should do. Everything worth keeping is already recorded in
+//! PostgreSQL by then.
+
+use std::sync::Arc;
+
+use apalis_core::error::{AbortError, BoxDynError};
+use apalis_core::task::attempt::Attempt;
+use apalis_core::task::data::Data;
+use apalis_core::task::task_id::TaskId;
+use provision_shared::ProvisionError;
+use provision_shared::jobs::{CreateTenant, JobKind, MigrateSchema, SeedDemoData};
+use provision_shared::migrate::{TenantMigrations, migrate_schema};
+use provision_shared::operator::record_rejected_job;
+use provision_shared::provision::{JobEnv, JobOutcome, SeedOutcome, run_create_tenant, run_seed_demo_data};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::PgPool;
+use tracing::Instrument;
+
+use crate::queue::RedisQueue;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct WorkerState {
+    /// PostgreSQL.
+    pub pool: PgPool,
+    /// The queues, for follow-up jobs.
+    pub queue: RedisQueue,
+    /// Tenant migrations to apply.
+    pub migrations: TenantMigrations,
+    /// This process's unique name, recorded as the actor of transitions.
+    pub name: String,
+    /// Executions of a step before its tenant is failed.
+    pub max_attempts: i32,
+}
+
+/// The handlers' shared state, as apalis hands it over.
+pub type State = Data<Arc<WorkerState>>;
+
+/// Parses a payload; one that does not parse is set aside in
+/// `provision_rejected_job` and ends its job without a retry.
+async fn parse<T: DeserializeOwned>(
+    state: &WorkerState,
+    kind: JobKind,
+    id: &TaskId,
+    args: Value,
+) -> Result<Option<T>, BoxDynError> {
+    match serde_json::from_value::<T>(args.clone()) {
+        Ok(job) => Ok(Some(job)),
+        Err(e) => {
+            let queue = kind.queue(state.queue.namespace());
+            tracing::error!(job = kind.name(), job_id = %id, error = %e, "rejected a job whose payload does not parse");
+            record_rejected_job(
+                &state.pool,
+                &queue,
+                &id.to_string(),
+                &args.to_string(),
+                &e.to_string(),
+                &state.name,
+            )
+            .await?;
+            Ok(None)
+        }
+    }
+}
+
+/// What the library should do with an error that escaped the handler:
+/// nothing more for a permanent one (it is recorded), its own retry for a
+/// transient one (PostgreSQL was not there to record anything).
+fn escape(error: ProvisionError) -> BoxDynError {
+    if error.is_permanent() {
+        tracing::error!(error = %error, "job failed permanently");
+        Box::new(AbortError::new(error))
+    } else {
+        tracing::warn!(error = %error, "job failed before it could record anything; the queue will retry it");
+        Box::new(error)
+    }
+}
+
+/// `CreateTenant`.
+pub async fn create_tenant(
+    args: Value,
+    state: State,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    let Some(job) = parse::<CreateTenant>(&state, JobKind::CreateTenant, &id, args).await? else {
+        return Ok(());
+    };
+    let span = tracing::info_span!(
+        "job",
+        job = JobKind::CreateTenant.name(),
+        job_id = %id,
+        schema_name = %job.schema_name,
+        delivery = attempt.current()
+    );
+    async {
+        let env = JobEnv {
+            pool: &state.pool,
+            sink: &state.queue,
+            migrations: &state.migrations,
+            actor: &state.name,
+            max_attempts: state.max_attempts,
+        };
+        match run_create_tenant(&env, &job.schema_name).await {
+            Ok(JobOutcome::Finished(final_state)) => {
+                tracing::info!(state = %final_state, "job finished");
+                Ok(())
+            }
+            Ok(outcome) => {
+                tracing::info!(?outcome, "job ended");
+                Ok(())
+            }
+            Err(e) => Err(escape(e)),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// `SeedDemoData`.
+pub async fn seed_demo_data(
+    args: Value,
+    state: State,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    let Some(job) = parse::<SeedDemoData>(&state, JobKind::SeedDemoData, &id, args).await? else {
+        return Ok(());
+    };
+    let span = tracing::info_span!(
+        "job",
+        job = JobKind::SeedDemoData.name(),
+        job_id = %id,
+        schema_name = %job.schema_name,
+        delivery = attempt.current()
+    );
+    async {
+        match run_seed_demo_data(&state.pool, &job.schema_name, &state.name).await {
+            Ok(SeedOutcome::Seeded) => {
+                tracing::info!("demo data seeded");
+                Ok(())
+            }
+            Ok(SeedOutcome::AlreadySeeded) => {
+                tracing::info!("demo data already there");
+                Ok(())
+            }
+            Err(e) => Err(escape(e)),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// `MigrateSchema`.
+pub async fn migrate_schema_job(
+    args: Value,
+    state: State,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    let Some(job) = parse::<MigrateSchema>(&state, JobKind::MigrateSchema, &id, args).await? else {
+        return Ok(());
+    };
+    let span = tracing::info_span!(
+        "job",
+        job = JobKind::MigrateSchema.name(),
+        job_id = %id,
+        schema_name = %job.schema_name,
+        delivery = attempt.current()
+    );
+    async {
+        if let Err(e) = provision_shared::validate::schema_name(&job.schema_name) {
+            return Err(escape(e.into()));
+        }
+        match migrate_schema(&state.pool, &state.migrations, &job.schema_name).await {
+            Ok(done) => {
+                tracing::info!(applied = ?done.applied, version = done.version, "schema migrated");
+                Ok(())
+            }
+            Err(e) => Err(escape(e)),
+        }
+    }
+    .instrument(span)
+    .await
+}

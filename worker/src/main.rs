@@ -1,0 +1,70 @@
+//! `provision-worker`: runs provisioning jobs from Redis.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use provision_shared::migrate::TenantMigrations;
+use provision_worker::options::{ConnectionOptions, init_logging};
+use provision_worker::run::{WorkerSettings, run_worker, shutdown_signal};
+
+/// The worker pool: runs CreateTenant, SeedDemoData and MigrateSchema jobs
+/// from Redis, recording every tenant's provisioning in PostgreSQL.
+///
+/// A missing database is created and pending public migrations are applied
+/// at start. Stops on SIGTERM or Ctrl-C; exits non-zero when a worker dies.
+///
+/// Example: DATABASE_URL=postgres://postgres@127.0.0.1/concierge provision-worker --concurrency 4
+#[derive(Debug, Parser)]
+#[command(name = "provision-worker", version)]
+struct Cli {
+    #[command(flatten)]
+    connection: ConnectionOptions,
+
+    /// Jobs run at once, per queue.
+    #[arg(long, env = "PROVISION_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+
+    /// Executions of a step before its tenant is marked failed.
+    #[arg(long, env = "PROVISION_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
+    max_attempts: i32,
+
+    /// A folder of NNNN_name.sql tenant migrations to use instead of the
+    /// built-in ones.
+    #[arg(long, env = "PROVISION_TENANT_MIGRATIONS_DIR")]
+    tenant_migrations_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(
+        cli.connection.log_format,
+        "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn",
+    );
+    let migrations = match &cli.tenant_migrations_dir {
+        None => TenantMigrations::embedded(),
+        Some(dir) => match TenantMigrations::from_dir(dir) {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read tenant migrations");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let settings = WorkerSettings {
+        database_url: cli.connection.database_url,
+        redis_url: cli.connection.redis_url,
+        namespace: cli.connection.namespace,
+        concurrency: usize::from(cli.concurrency),
+        max_attempts: cli.max_attempts,
+        migrations,
+    };
+    match run_worker(settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Command-line options both binaries take, each with its environment
+//! variable (a flag wins over its variable).
+
+use clap::{Args, ValueEnum};
+use provision_shared::db;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines for a terminal.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Where PostgreSQL and Redis are, and the namespace this deployment uses.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionOptions {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", default_value = db::DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = db::DEFAULT_REDIS_URL, global = true)]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key this project writes.
+    #[arg(long, env = "PROVISION_NAMESPACE", default_value = db::DEFAULT_NAMESPACE, global = true)]
+    pub namespace: String,
+
+    /// Default domains are `<schema>.<base domain>`.
+    #[arg(long, env = "PROVISION_BASE_DOMAIN", default_value = db::DEFAULT_BASE_DOMAIN, global = true)]
+    pub base_domain: String,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Sends `tracing` output to stderr in `format`; `RUST_LOG` filters it
+/// (default `info`, and `warn` for the libraries).
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
+}
