@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
+use provision_shared::operator::{DomainFix, retry_failed};
 use provision_shared::provision::{
     Recorded, TenantRequest, check_request_is_free, note_job_id, record_request, request_demo_data,
 };
@@ -17,9 +18,12 @@ use provision_worker::queue::RedisQueue;
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::check::run_checks;
 use crate::exit_codes::{CliError, FAILURE, SUCCESS};
 use crate::output::{history_line, print_json, print_list, print_status};
-use crate::{Command, CreateTenantArgs, InitArgs, ListArgs, SeedArgs, StatusArgs};
+use crate::{
+    CheckArgs, Command, CreateTenantArgs, FixDomainArgs, InitArgs, ListArgs, RetryArgs, SeedArgs, StatusArgs,
+};
 
 /// How often `--wait` looks at the tenant's history.
 const WAIT_POLL: Duration = Duration::from_millis(100);
@@ -38,6 +42,12 @@ impl Ctx {
         db::connect(&self.options.database_url, 2)
             .await
             .map_err(|e| self.error(e))
+    }
+
+    fn migrations(&self) -> Result<TenantMigrations, CliError> {
+        self.options
+            .tenant_migrations()
+            .map_err(|e| CliError::invalid("tenant_migrations_dir", e.to_string()))
     }
 
     async fn queue(&self) -> Result<RedisQueue, CliError> {
@@ -63,6 +73,9 @@ pub(crate) async fn run(options: ConnectionOptions, command: Command) -> Result<
         Command::Status(args) => status(&ctx, args).await,
         Command::List(args) => list(&ctx, args).await,
         Command::Init(args) => init(&ctx, args).await,
+        Command::Retry(args) => retry(&ctx, args).await,
+        Command::FixDomain(args) => fix_domain(&ctx, args).await,
+        Command::Check(args) => check(&ctx, args).await,
     }
 }
 
@@ -338,8 +351,8 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> Result<ExitCode, CliError> {
         })
         .map_err(invalid)?;
     let pool = ctx.pool().await?;
-    let latest = TenantMigrations::embedded().latest();
-    let status = tenant_status(&pool, &args.schema_name, latest)
+    let latest = ctx.migrations()?.latest();
+    let status = tenant_status(&pool, &args.schema_name, latest, chrono::Utc::now().date_naive())
         .await
         .map_err(|e| ctx.error(e))?;
     if args.json {
@@ -407,4 +420,116 @@ async fn init(ctx: &Ctx, args: InitArgs) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
+    if let Some(schema) = &args.target.schema_name {
+        validate::schema_name(schema).map_err(invalid)?;
+    }
+    let pool = ctx.pool().await?;
+    let queue = ctx.queue().await?;
+    let moved = retry_failed(&pool, args.target.schema_name.as_deref(), &actor())
+        .await
+        .map_err(|e| ctx.error(e))?;
+    let mut requeued = Vec::new();
+    for (schema, state) in &moved {
+        let job_id = queue
+            .push(JobRequest::now(JobKind::CreateTenant, schema))
+            .await
+            .map_err(|e| ctx.error(e))?;
+        note_job_id(&pool, schema, &job_id)
+            .await
+            .map_err(|e| ctx.error(e))?;
+        if !args.json {
+            println!("Re-queued {schema} from {state} (job {job_id})");
+        }
+        requeued.push(json!({"schema_name": schema, "state": state.as_str(), "job_id": job_id}));
+    }
+    if args.json {
+        print_json(&json!({"requeued": requeued.len(), "tenants": requeued}));
+    } else if args.target.all_failed {
+        println!("Re-queued {} failed tenant(s).", requeued.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fix_domain(ctx: &Ctx, args: FixDomainArgs) -> Result<ExitCode, CliError> {
+    validate::schema_name(&args.schema_name)
+        .or_else(|e| {
+            if args.schema_name == "public" {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(invalid)?;
+    let domain = args
+        .domain
+        .clone()
+        .unwrap_or_else(|| format!("{}.{}", args.schema_name, ctx.options.base_domain));
+    validate::domain(&domain).map_err(invalid)?;
+    let pool = ctx.pool().await?;
+    let fix = provision_shared::operator::fix_domain(&pool, &args.schema_name, &domain, &actor())
+        .await
+        .map_err(|e| ctx.error(e))?;
+    let (code, message) = match fix {
+        DomainFix::Added => (
+            "added",
+            format!("Added {domain} as the primary domain of {}", args.schema_name),
+        ),
+        DomainFix::MadePrimary => (
+            "made_primary",
+            format!("Made {domain} the primary domain of {}", args.schema_name),
+        ),
+        DomainFix::AlreadyPrimary => (
+            "unchanged",
+            format!(
+                "{domain} is already the primary domain of {}: nothing changed",
+                args.schema_name
+            ),
+        ),
+        DomainFix::RequestUpdated => (
+            "request_updated",
+            format!(
+                "{} is not registered yet: it will be registered with {domain} \
+                 (`provision retry --schema-name {}` if it failed)",
+                args.schema_name, args.schema_name
+            ),
+        ),
+    };
+    if args.json {
+        print_json(&json!({"schema_name": args.schema_name, "domain": domain, "result": code}));
+    } else {
+        println!("{message}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(ctx: &Ctx, args: CheckArgs) -> Result<ExitCode, CliError> {
+    let items = run_checks(&ctx.options, Duration::from_secs(args.stuck_after)).await;
+    let ok = items.iter().all(|i| i.ok);
+    if args.json {
+        print_json(&json!({"ok": ok, "checks": items}));
+    } else {
+        for item in &items {
+            println!(
+                "{} {:<18} {}",
+                if item.ok { "PASS" } else { "FAIL" },
+                item.name,
+                item.detail
+            );
+            if let Some(hint) = &item.hint {
+                println!("     {:<18} → {hint}", "");
+            }
+        }
+        println!(
+            "{}",
+            if ok {
+                "All checks passed."
+            } else {
+                "Some checks failed."
+            }
+        );
+    }
+    Ok(ExitCode::from(if ok { SUCCESS } else { FAILURE }))
 }

@@ -1,6 +1,7 @@
 //! `provision`: the client. Enqueues provisioning jobs and runs the
 //! operator's commands. Exit codes: see `exit_codes.rs`.
 
+mod check;
 mod commands;
 mod exit_codes;
 mod output;
@@ -52,6 +53,27 @@ enum Command {
     ///
     /// Example: provision list --state failed
     List(ListArgs),
+
+    /// Re-queue failed provisioning from the step that failed.
+    ///
+    /// Refuses (exit 1) a tenant that is not failed, naming its state.
+    ///
+    /// Example: provision retry --schema-name theo
+    Retry(RetryArgs),
+
+    /// Make a domain the tenant's primary domain (the guide's
+    /// fix_tenant_domain): adds it if missing, demotes any other primary,
+    /// refuses a domain owned by another tenant, changes nothing when already
+    /// right.
+    ///
+    /// Example: provision fix-domain --schema-name theo --domain theo.newconcierge.app
+    FixDomain(FixDomainArgs),
+
+    /// The pre-deployment check: each item pass or fail with a hint. Exit 0
+    /// when all pass, 1 otherwise.
+    ///
+    /// Example: provision check --json
+    Check(CheckArgs),
 
     /// Apply public migrations and make sure the public tenant and its
     /// domain exist (creates the database if it is missing).
@@ -160,6 +182,55 @@ struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "target")]
+struct RetryTarget {
+    /// The failed tenant to retry.
+    #[arg(long)]
+    schema_name: Option<String>,
+
+    /// Retry every failed tenant.
+    #[arg(long)]
+    all_failed: bool,
+}
+
+#[derive(Debug, Args)]
+struct RetryArgs {
+    #[command(flatten)]
+    target: RetryTarget,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct FixDomainArgs {
+    /// The tenant.
+    #[arg(long)]
+    schema_name: String,
+
+    /// The domain to make primary [default: <schema-name>.<base domain>].
+    #[arg(long)]
+    domain: Option<String>,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Seconds a tenant may stay in a non-final state before it counts as
+    /// stuck.
+    #[arg(long, default_value_t = 600)]
+    stuck_after: u64,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct InitArgs {
     /// The public tenant's domain [default: the base domain].
     #[arg(long)]
@@ -178,6 +249,9 @@ impl Command {
             Self::Status(a) => a.json,
             Self::List(a) => a.json,
             Self::Init(a) => a.json,
+            Self::Retry(a) => a.json,
+            Self::FixDomain(a) => a.json,
+            Self::Check(a) => a.json,
         }
     }
 }

@@ -38,6 +38,9 @@ pub(crate) fn history_line(entry: &HistoryEntry) -> String {
         entry.attempt,
         entry.actor
     );
+    if let Some(detail) = &entry.detail {
+        line.push_str(&format!("  ({detail})"));
+    }
     if let Some(error) = &entry.error {
         line.push_str(&format!("\n      error: {error}"));
     }

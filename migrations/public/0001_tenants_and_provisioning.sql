@@ -99,6 +99,8 @@ CREATE TABLE provision_event (
     step        text        NOT NULL,
     attempt     integer     NOT NULL,
     error       text,
+    -- What an operator's action changed (a domain fixed, a retry asked for).
+    detail      text,
     actor       text        NOT NULL,
     at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT provision_event_to_state_valid CHECK (

@@ -49,6 +49,8 @@ pub struct HistoryEntry {
     pub attempt: i32,
     /// The error, for a failure or a retry.
     pub error: Option<String>,
+    /// What an operator's action changed.
+    pub detail: Option<String>,
     /// Who: a worker's name or an operator.
     pub actor: String,
 }
@@ -105,7 +107,6 @@ struct StatusRow {
     is_active: Option<bool>,
     on_trial: Option<bool>,
     paid_until: Option<NaiveDate>,
-    days_remaining: Option<i32>,
     created_on: Option<NaiveDate>,
     demo_data: Option<String>,
     schema_version: Option<i32>,
@@ -113,18 +114,19 @@ struct StatusRow {
     has_tables: bool,
 }
 
-/// The status of one tenant, `latest` being the newest tenant migration.
+/// The status of one tenant, `latest` being the newest tenant migration and
+/// `today` the date days remaining count from (UTC today, for operators).
 pub async fn tenant_status(
     pool: &PgPool,
     schema_name: &str,
     latest: i32,
+    today: NaiveDate,
 ) -> Result<TenantStatus, ProvisionError> {
     let row: Option<StatusRow> = sqlx::query_as(
         "SELECT coalesce(p.schema_name, c.schema_name) AS schema_name,
                 coalesce(c.name, p.tenant_name) AS name,
                 p.state, p.failed_step, p.last_error, p.attempt,
                 c.is_active, c.on_trial, c.paid_until,
-                c.paid_until - (now() AT TIME ZONE 'UTC')::date AS days_remaining,
                 c.created_on, p.demo_data_state AS demo_data, p.schema_version, p.job_id,
                 to_regclass(quote_ident($1) || '.users_customuser') IS NOT NULL
                     AND to_regclass(quote_ident($1) || '.buildings_building') IS NOT NULL AS has_tables
@@ -168,7 +170,7 @@ pub async fn tenant_status(
         is_active: row.is_active,
         on_trial: row.on_trial,
         paid_until: row.paid_until,
-        days_remaining: row.days_remaining.map(i64::from),
+        days_remaining: row.paid_until.map(|paid| (paid - today).num_days()),
         created_on: row.created_on,
         buildings,
         users,
@@ -190,7 +192,7 @@ pub async fn tenant_history(
     after_id: i64,
 ) -> Result<Vec<HistoryEntry>, ProvisionError> {
     let entries = sqlx::query_as(
-        "SELECT id, to_state AS state, from_state, step, at, attempt, error, actor
+        "SELECT id, to_state AS state, from_state, step, at, attempt, error, detail, actor
          FROM public.provision_event WHERE schema_name = $1 AND id > $2 ORDER BY id",
     )
     .bind(schema_name)

@@ -144,14 +144,26 @@ pub struct TestEnv {
     pub database_url: String,
     pub namespace: String,
     pub pool: PgPool,
+    /// Extra environment for every binary this test runs.
+    pub env: Vec<(String, String)>,
     db_name: String,
     dir: PathBuf,
+    roles: Vec<String>,
 }
 
 impl TestEnv {
     /// A new database (public migrations applied) and namespace named after
     /// `label` and a unique suffix.
     pub async fn new(label: &str) -> Self {
+        let env = Self::new_without_migrations(label).await;
+        apply_public_migrations(&env.pool)
+            .await
+            .expect("public migrations");
+        env
+    }
+
+    /// A new, empty database (nothing applied) and namespace.
+    pub async fn new_without_migrations(label: &str) -> Self {
         let suffix = ulid::Ulid::generate().to_string().to_lowercase();
         let id = format!("pt_{label}_{}", &suffix[suffix.len() - 10..]);
         let admin_url = admin_database_url();
@@ -168,7 +180,6 @@ impl TestEnv {
         let pool = provision_shared::db::connect(&database_url, 10)
             .await
             .expect("connect to test database");
-        apply_public_migrations(&pool).await.expect("public migrations");
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir).expect("temp dir");
         Self {
@@ -176,8 +187,39 @@ impl TestEnv {
             db_name: id,
             database_url,
             pool,
+            env: Vec::new(),
             dir,
+            roles: Vec::new(),
         }
+    }
+
+    /// A login role for this test with the least a worker needs: connect,
+    /// read and write the public tables, and (if `may_create_schemas`)
+    /// create schemas in this database. Returns a database URL for it.
+    pub async fn limited_role(&mut self, may_create_schemas: bool) -> (String, String) {
+        let role = format!("{}_r{}", self.db_name, self.roles.len());
+        self.roles.push(role.clone());
+        let db = &self.db_name;
+        let mut grants = format!(
+            "CREATE ROLE \"{role}\" LOGIN;
+             GRANT CONNECT ON DATABASE \"{db}\" TO \"{role}\";
+             GRANT USAGE ON SCHEMA public TO \"{role}\";
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO \"{role}\";
+             GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO \"{role}\";"
+        );
+        if may_create_schemas {
+            grants.push_str(&format!("GRANT CREATE ON DATABASE \"{db}\" TO \"{role}\";"));
+        }
+        sqlx::raw_sql(sqlx::AssertSqlSafe(grants))
+            .execute(&self.pool)
+            .await
+            .expect("create role");
+        let url = self.database_url.replacen("postgres@", &format!("{role}@"), 1);
+        assert_ne!(
+            url, self.database_url,
+            "the test database URL must name the postgres user"
+        );
+        (role, url)
     }
 
     /// A folder of this test's own.
@@ -185,14 +227,22 @@ impl TestEnv {
         &self.dir
     }
 
-    fn env_vars(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("DATABASE_URL", self.database_url.clone()),
-            ("REDIS_URL", redis_url()),
-            ("PROVISION_NAMESPACE", self.namespace.clone()),
-            ("PROVISION_BASE_DOMAIN", "newconcierge.app".into()),
-            ("RUST_LOG", "info".into()),
-        ]
+    fn env_vars(&self) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("REDIS_URL".into(), redis_url()),
+            ("PROVISION_NAMESPACE".into(), self.namespace.clone()),
+            ("PROVISION_BASE_DOMAIN".into(), "newconcierge.app".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        vars.extend(self.env.iter().cloned());
+        vars
+    }
+
+    /// Sets `key` for every binary run from now on.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
     }
 
     /// Runs `provision` with `args`, `stdin` fed to it.
@@ -347,7 +397,7 @@ impl TestEnv {
     }
 
     /// Removes the database and the Redis keys of this test.
-    fn cleanup(db_name: String, namespace: String, dir: PathBuf) {
+    fn cleanup(db_name: String, namespace: String, dir: PathBuf, roles: Vec<String>) {
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -360,6 +410,11 @@ impl TestEnv {
                     )))
                     .execute(&mut admin)
                     .await;
+                    for role in roles {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS \"{role}\"")))
+                            .execute(&mut admin)
+                            .await;
+                    }
                 }
                 if let Ok(client) = redis::Client::open(redis_url())
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
@@ -382,7 +437,12 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        Self::cleanup(self.db_name.clone(), self.namespace.clone(), self.dir.clone());
+        Self::cleanup(
+            self.db_name.clone(),
+            self.namespace.clone(),
+            self.dir.clone(),
+            self.roles.clone(),
+        );
     }
 }
 

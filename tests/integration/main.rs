@@ -6,4 +6,5 @@
 
 mod helpers;
 mod input;
+mod operators;
 mod provisioning;

@@ -364,7 +364,7 @@ async fn a_conflicting_re_create_is_reported_and_changes_nothing() {
 
 /// A sink that pushes nothing: the stepping tests below run the handlers
 /// directly, without a queue.
-struct NoQueue;
+pub(crate) struct NoQueue;
 
 impl JobSink for NoQueue {
     async fn push(&self, _job: JobRequest) -> Result<String, provision_shared::ProvisionError> {

@@ -1,10 +1,8 @@
 //! `provision-worker`: runs provisioning jobs from Redis.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use provision_shared::migrate::TenantMigrations;
 use provision_worker::options::{ConnectionOptions, init_logging};
 use provision_worker::run::{WorkerSettings, run_worker, shutdown_signal};
 
@@ -28,11 +26,6 @@ struct Cli {
     /// Executions of a step before its tenant is marked failed.
     #[arg(long, env = "PROVISION_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
     max_attempts: i32,
-
-    /// A folder of NNNN_name.sql tenant migrations to use instead of the
-    /// built-in ones.
-    #[arg(long, env = "PROVISION_TENANT_MIGRATIONS_DIR")]
-    tenant_migrations_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -42,15 +35,12 @@ async fn main() -> ExitCode {
         cli.connection.log_format,
         "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn",
     );
-    let migrations = match &cli.tenant_migrations_dir {
-        None => TenantMigrations::embedded(),
-        Some(dir) => match TenantMigrations::from_dir(dir) {
-            Ok(set) => set,
-            Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot read tenant migrations");
-                return ExitCode::from(2);
-            }
-        },
+    let migrations = match cli.connection.tenant_migrations() {
+        Ok(set) => set,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the tenant migrations");
+            return ExitCode::from(2);
+        }
     };
     let settings = WorkerSettings {
         database_url: cli.connection.database_url,

@@ -76,6 +76,29 @@ impl RedisQueue {
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), ProvisionError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| ProvisionError::Queue(e.to_string()))
+    }
+
+    /// Workers of `kind`'s queue whose last heartbeat (seconds since the
+    /// epoch) is at or after `since`.
+    pub async fn workers_alive(&self, kind: JobKind, since: u64) -> Result<u64, ProvisionError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZCOUNT")
+            .arg(queue_config(&self.namespace, kind).workers_set())
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ProvisionError::Queue(e.to_string()))
+    }
 }
 
 impl JobSink for RedisQueue {

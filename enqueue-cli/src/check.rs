@@ -1,0 +1,392 @@
+//! `provision check`: the platform's pre-deployment check, each item pass or
+//! fail with a hint that names the command to run.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use provision_shared::jobs::JobKind;
+use provision_shared::migrate::{TenantMigrations, public_pending};
+use provision_shared::{db, validate};
+use provision_worker::options::ConnectionOptions;
+use provision_worker::queue::RedisQueue;
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// One item of the check.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CheckItem {
+    pub(crate) name: &'static str,
+    pub(crate) ok: bool,
+    pub(crate) detail: String,
+    /// What to do about a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hint: Option<String>,
+}
+
+impl CheckItem {
+    fn pass(name: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            ok: true,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn fail(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            name,
+            ok: false,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// A worker whose heartbeat is older than this is not counted as alive.
+const WORKER_HEARTBEAT_FRESH: Duration = Duration::from_secs(15);
+
+/// Runs every check. `stuck_after`: how long a tenant may sit in a non-final
+/// state before it counts as stuck.
+pub(crate) async fn run_checks(options: &ConnectionOptions, stuck_after: Duration) -> Vec<CheckItem> {
+    let mut items = Vec::new();
+    let db_url = db::redact_url(&options.database_url);
+    let redis_url = db::redact_url(&options.redis_url);
+
+    let pool =
+        match tokio::time::timeout(Duration::from_secs(10), db::connect(&options.database_url, 2)).await {
+            Ok(Ok(pool)) => match sqlx::query_scalar::<_, String>("SHOW server_version")
+                .fetch_one(&pool)
+                .await
+            {
+                Ok(version) => {
+                    items.push(CheckItem::pass(
+                        "database",
+                        format!("PostgreSQL {version} at {db_url} answers"),
+                    ));
+                    Some(pool)
+                }
+                Err(e) => {
+                    items.push(CheckItem::fail(
+                        "database",
+                        format!("{db_url}: {e}"),
+                        "check DATABASE_URL",
+                    ));
+                    None
+                }
+            },
+            Ok(Err(e)) => {
+                items.push(CheckItem::fail(
+                    "database",
+                    format!("PostgreSQL at {db_url} could not be reached: {e}"),
+                    "start PostgreSQL, or set DATABASE_URL / --database-url; \
+                 a missing database is created by `provision init`",
+                ));
+                None
+            }
+            Err(_) => {
+                items.push(CheckItem::fail(
+                    "database",
+                    format!("PostgreSQL at {db_url} did not answer in 10 s"),
+                    "check the host and port in DATABASE_URL",
+                ));
+                None
+            }
+        };
+
+    let queue = match RedisQueue::connect(&options.redis_url, &options.namespace).await {
+        Ok(queue) => match queue.ping().await {
+            Ok(()) => {
+                items.push(CheckItem::pass("redis", format!("Redis at {redis_url} answers")));
+                Some(queue)
+            }
+            Err(e) => {
+                items.push(CheckItem::fail(
+                    "redis",
+                    format!("Redis at {redis_url}: {e}"),
+                    "check REDIS_URL",
+                ));
+                None
+            }
+        },
+        Err(e) => {
+            items.push(CheckItem::fail(
+                "redis",
+                format!("Redis at {redis_url} could not be reached: {e}"),
+                "start Redis, or set REDIS_URL / --redis-url",
+            ));
+            None
+        }
+    };
+
+    items.push(configuration(options));
+
+    let migrations = TenantMigrations::embedded();
+    match &pool {
+        Some(pool) => {
+            items.push(public_migrations(pool).await);
+            items.push(public_tenant(pool).await);
+            items.push(tenants(pool, stuck_after).await);
+            items.push(schema_permission(pool).await);
+        }
+        None => {
+            for name in [
+                "public_migrations",
+                "public_tenant",
+                "tenants",
+                "schema_permission",
+            ] {
+                items.push(CheckItem::fail(
+                    name,
+                    "not checked: PostgreSQL could not be reached",
+                    "fix `database` first",
+                ));
+            }
+        }
+    }
+    items.push(match &queue {
+        Some(queue) => workers(queue).await,
+        None => CheckItem::fail(
+            "workers",
+            "not checked: Redis could not be reached",
+            "fix `redis` first",
+        ),
+    });
+    items.push(match &pool {
+        Some(pool) => schemas_behind(pool, migrations.latest()).await,
+        None => CheckItem::fail(
+            "schemas_behind",
+            "not checked: PostgreSQL could not be reached",
+            "fix `database` first",
+        ),
+    });
+    items
+}
+
+fn configuration(options: &ConnectionOptions) -> CheckItem {
+    let mut problems = Vec::new();
+    if options
+        .database_url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .is_err()
+    {
+        problems.push("DATABASE_URL is not a PostgreSQL URL".to_owned());
+    }
+    if !options.redis_url.starts_with("redis://") && !options.redis_url.starts_with("rediss://") {
+        problems.push("REDIS_URL must start with redis:// or rediss://".to_owned());
+    }
+    if options.namespace.is_empty()
+        || !options
+            .namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c))
+    {
+        problems.push("PROVISION_NAMESPACE must be letters, digits, _ - . or :".to_owned());
+    }
+    if let Err(e) = validate::domain(&options.base_domain) {
+        problems.push(format!("PROVISION_BASE_DOMAIN: {}", e.rule));
+    }
+    let explicit: Vec<&str> = [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PROVISION_NAMESPACE",
+        "PROVISION_BASE_DOMAIN",
+    ]
+    .into_iter()
+    .filter(|v| std::env::var_os(v).is_some())
+    .collect();
+    if problems.is_empty() {
+        CheckItem::pass(
+            "configuration",
+            format!(
+                "namespace {}, base domain {}; set in the environment: {}",
+                options.namespace,
+                options.base_domain,
+                if explicit.is_empty() {
+                    "none (defaults)".to_owned()
+                } else {
+                    explicit.join(", ")
+                }
+            ),
+        )
+    } else {
+        CheckItem::fail(
+            "configuration",
+            problems.join("; "),
+            "fix the variables named (README: Configuration)",
+        )
+    }
+}
+
+async fn public_migrations(pool: &PgPool) -> CheckItem {
+    match public_pending(pool).await {
+        Ok(pending) if pending.is_empty() => {
+            CheckItem::pass("public_migrations", "all public migrations applied")
+        }
+        Ok(pending) => CheckItem::fail(
+            "public_migrations",
+            format!("public migrations not applied: {pending:?}"),
+            "run `provision migrate --shared` (workers also apply them at start)",
+        ),
+        Err(e) => CheckItem::fail(
+            "public_migrations",
+            e.to_string(),
+            "run `provision migrate --shared`",
+        ),
+    }
+}
+
+async fn public_tenant(pool: &PgPool) -> CheckItem {
+    let found: Result<Option<Option<String>>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT (SELECT string_agg(d.domain, ', ' ORDER BY d.is_primary DESC, d.domain)
+                 FROM public.tenants_domain d WHERE d.tenant_id = c.id)
+         FROM public.tenants_client c WHERE c.schema_name = 'public'",
+    )
+    .fetch_optional(pool)
+    .await;
+    let hint = "run `provision init --public-domain <your main domain>`";
+    match found {
+        Ok(Some(Some(domains))) => {
+            CheckItem::pass("public_tenant", format!("public tenant with domain {domains}"))
+        }
+        Ok(Some(None)) => CheckItem::fail("public_tenant", "the public tenant has no domain", hint),
+        Ok(None) => CheckItem::fail(
+            "public_tenant",
+            "no public tenant (schema public) in tenants_client",
+            hint,
+        ),
+        Err(e) => CheckItem::fail("public_tenant", e.to_string(), hint),
+    }
+}
+
+async fn tenants(pool: &PgPool, stuck_after: Duration) -> CheckItem {
+    let by_state: Result<Vec<(String, i64)>, sqlx::Error> =
+        sqlx::query_as("SELECT state, count(*) FROM public.provision_tenant GROUP BY state ORDER BY state")
+            .fetch_all(pool)
+            .await;
+    let stuck: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
+        "SELECT schema_name, state FROM public.provision_tenant
+         WHERE state NOT IN ('ready', 'failed') AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY updated_at LIMIT 20",
+    )
+    .bind(stuck_after.as_secs_f64())
+    .fetch_all(pool)
+    .await;
+    let (by_state, stuck) = match (by_state, stuck) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return CheckItem::fail("tenants", e.to_string(), "run `provision init`");
+        }
+    };
+    let counts = if by_state.is_empty() {
+        "no tenants yet".to_owned()
+    } else {
+        by_state
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if stuck.is_empty() {
+        let failed = by_state
+            .iter()
+            .find(|(s, _)| s == "failed")
+            .map_or(0, |(_, n)| *n);
+        let mut detail = format!("tenants by state: {counts}");
+        if failed > 0 {
+            detail.push_str(
+                "; `provision list --state failed` shows the failed ones, `provision retry` resumes them",
+            );
+        }
+        return CheckItem::pass("tenants", detail);
+    }
+    let names: Vec<String> = stuck.iter().map(|(s, st)| format!("{s} ({st})")).collect();
+    CheckItem::fail(
+        "tenants",
+        format!(
+            "tenants by state: {counts}; stuck for more than {} s: {}",
+            stuck_after.as_secs(),
+            names.join(", ")
+        ),
+        format!(
+            "check that workers run (`workers` below), then `provision status --schema-name {}`",
+            stuck[0].0
+        ),
+    )
+}
+
+async fn schema_permission(pool: &PgPool) -> CheckItem {
+    let row: Result<(String, String, bool), sqlx::Error> = sqlx::query_as(
+        "SELECT current_user::text, current_database()::text,
+                has_database_privilege(current_user, current_database(), 'CREATE')",
+    )
+    .fetch_one(pool)
+    .await;
+    match row {
+        Ok((user, database, true)) => CheckItem::pass(
+            "schema_permission",
+            format!("role {user} may create schemas in {database}"),
+        ),
+        Ok((user, database, false)) => CheckItem::fail(
+            "schema_permission",
+            format!("role {user} may not create schemas in {database}"),
+            format!("as a superuser: GRANT CREATE ON DATABASE \"{database}\" TO \"{user}\";"),
+        ),
+        Err(e) => CheckItem::fail(
+            "schema_permission",
+            e.to_string(),
+            "check the role in DATABASE_URL",
+        ),
+    }
+}
+
+async fn workers(queue: &RedisQueue) -> CheckItem {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let since = now.saturating_sub(WORKER_HEARTBEAT_FRESH.as_secs());
+    match queue.workers_alive(JobKind::CreateTenant, since).await {
+        Ok(0) => CheckItem::fail(
+            "workers",
+            format!(
+                "no worker heartbeat in the last {} s under namespace {}",
+                WORKER_HEARTBEAT_FRESH.as_secs(),
+                queue.namespace()
+            ),
+            "start provision-worker (same REDIS_URL and PROVISION_NAMESPACE)",
+        ),
+        Ok(n) => CheckItem::pass(
+            "workers",
+            format!(
+                "{n} worker(s) alive (heartbeat in the last {} s)",
+                WORKER_HEARTBEAT_FRESH.as_secs()
+            ),
+        ),
+        Err(e) => CheckItem::fail("workers", e.to_string(), "check Redis"),
+    }
+}
+
+async fn schemas_behind(pool: &PgPool, latest: i32) -> CheckItem {
+    let behind: Result<(i64, Option<String>), sqlx::Error> = sqlx::query_as(
+        "SELECT count(*), string_agg(schema_name, ', ' ORDER BY schema_name) FILTER (WHERE rn <= 10)
+         FROM (SELECT schema_name, row_number() OVER (ORDER BY schema_name) AS rn
+               FROM public.provision_tenant WHERE state = 'ready' AND schema_version < $1) behind",
+    )
+    .bind(latest)
+    .fetch_one(pool)
+    .await;
+    match behind {
+        Ok((0, _)) => CheckItem::pass(
+            "schemas_behind",
+            format!("every ready tenant schema is at migration {latest}"),
+        ),
+        Ok((n, names)) => CheckItem::fail(
+            "schemas_behind",
+            format!(
+                "{n} tenant schema(s) behind migration {latest}: {}",
+                names.unwrap_or_default()
+            ),
+            "run `provision migrate --all --wait`",
+        ),
+        Err(e) => CheckItem::fail("schemas_behind", e.to_string(), "run `provision init`"),
+    }
+}
