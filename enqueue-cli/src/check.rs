@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use provision_shared::jobs::JobKind;
-use provision_shared::migrate::{TenantMigrations, public_pending};
+use provision_shared::migrate::public_pending;
 use provision_shared::{db, validate};
 use provision_worker::options::ConnectionOptions;
 use provision_worker::queue::RedisQueue;
@@ -120,7 +120,10 @@ pub(crate) async fn run_checks(options: &ConnectionOptions, stuck_after: Duratio
 
     items.push(configuration(options));
 
-    let migrations = TenantMigrations::embedded();
+    let latest = match options.tenant_migrations() {
+        Ok(set) => Ok(set.latest()),
+        Err(e) => Err(e.to_string()),
+    };
     match &pool {
         Some(pool) => {
             items.push(public_migrations(pool).await);
@@ -151,9 +154,10 @@ pub(crate) async fn run_checks(options: &ConnectionOptions, stuck_after: Duratio
             "fix `redis` first",
         ),
     });
-    items.push(match &pool {
-        Some(pool) => schemas_behind(pool, migrations.latest()).await,
-        None => CheckItem::fail(
+    items.push(match (&pool, latest) {
+        (Some(pool), Ok(latest)) => schemas_behind(pool, latest).await,
+        (_, Err(e)) => CheckItem::fail("schemas_behind", e, "fix PROVISION_TENANT_MIGRATIONS_DIR"),
+        (None, _) => CheckItem::fail(
             "schemas_behind",
             "not checked: PostgreSQL could not be reached",
             "fix `database` first",

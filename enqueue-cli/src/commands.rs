@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
+use provision_shared::migrate_all::retry_failed_migration;
 use provision_shared::operator::{DomainFix, retry_failed};
 use provision_shared::provision::{
     Recorded, TenantRequest, check_request_is_free, note_job_id, record_request, request_demo_data,
@@ -29,28 +30,28 @@ use crate::{
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
 /// Connections and the way out for errors, for one command.
-struct Ctx {
-    options: ConnectionOptions,
+pub(crate) struct Ctx {
+    pub(crate) options: ConnectionOptions,
 }
 
 impl Ctx {
-    fn error(&self, e: ProvisionError) -> CliError {
+    pub(crate) fn error(&self, e: ProvisionError) -> CliError {
         CliError::from_provision(e, &self.options.database_url, &self.options.redis_url)
     }
 
-    async fn pool(&self) -> Result<PgPool, CliError> {
+    pub(crate) async fn pool(&self) -> Result<PgPool, CliError> {
         db::connect(&self.options.database_url, 2)
             .await
             .map_err(|e| self.error(e))
     }
 
-    fn migrations(&self) -> Result<TenantMigrations, CliError> {
+    pub(crate) fn migrations(&self) -> Result<TenantMigrations, CliError> {
         self.options
             .tenant_migrations()
             .map_err(|e| CliError::invalid("tenant_migrations_dir", e.to_string()))
     }
 
-    async fn queue(&self) -> Result<RedisQueue, CliError> {
+    pub(crate) async fn queue(&self) -> Result<RedisQueue, CliError> {
         RedisQueue::connect(&self.options.redis_url, &self.options.namespace)
             .await
             .map_err(|e| self.error(e))
@@ -58,7 +59,7 @@ impl Ctx {
 }
 
 /// Who ran the command, as recorded in the history.
-fn actor() -> String {
+pub(crate) fn actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
@@ -76,6 +77,7 @@ pub(crate) async fn run(options: ConnectionOptions, command: Command) -> Result<
         Command::Retry(args) => retry(&ctx, args).await,
         Command::FixDomain(args) => fix_domain(&ctx, args).await,
         Command::Check(args) => check(&ctx, args).await,
+        Command::Migrate(args) => crate::migrate::migrate(&ctx, args).await,
     }
 }
 
@@ -108,7 +110,7 @@ fn admin_password(args: &CreateTenantArgs) -> Result<(String, bool), CliError> {
     Ok((password, false))
 }
 
-fn invalid(e: provision_shared::InvalidInput) -> CliError {
+pub(crate) fn invalid(e: provision_shared::InvalidInput) -> CliError {
     CliError::invalid(e.field, e.to_string())
 }
 
@@ -423,14 +425,25 @@ async fn init(ctx: &Ctx, args: InitArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
-    if let Some(schema) = &args.target.schema_name {
+    let only = args.target.schema_name.as_deref();
+    if let Some(schema) = only {
         validate::schema_name(schema).map_err(invalid)?;
     }
     let pool = ctx.pool().await?;
     let queue = ctx.queue().await?;
-    let moved = retry_failed(&pool, args.target.schema_name.as_deref(), &actor())
+    // A tenant whose provisioning failed, or (for a ready tenant) whose
+    // schema failed in a migrate-all run.
+    let (moved, not_failed) = match retry_failed(&pool, only, &actor()).await {
+        Ok(moved) => (moved, None),
+        Err(e @ ProvisionError::WrongState(_)) => (Vec::new(), Some(e)),
+        Err(e) => return Err(ctx.error(e)),
+    };
+    let migrations = retry_failed_migration(&pool, only)
         .await
         .map_err(|e| ctx.error(e))?;
+    if let (Some(e), true) = (not_failed, migrations.is_empty()) {
+        return Err(ctx.error(e));
+    }
     let mut requeued = Vec::new();
     for (schema, state) in &moved {
         let job_id = queue
@@ -445,10 +458,19 @@ async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
         }
         requeued.push(json!({"schema_name": schema, "state": state.as_str(), "job_id": job_id}));
     }
+    for (schema, run_id) in &migrations {
+        if !args.json {
+            println!("Re-queued the failed migration of {schema} in migrate-all run {run_id}");
+        }
+        requeued.push(json!({"schema_name": schema, "migration_run": run_id}));
+    }
     if args.json {
         print_json(&json!({"requeued": requeued.len(), "tenants": requeued}));
     } else if args.target.all_failed {
-        println!("Re-queued {} failed tenant(s).", requeued.len());
+        println!(
+            "Re-queued {} failed tenant(s) and schema migration(s).",
+            requeued.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 mod check;
 mod commands;
 mod exit_codes;
+mod migrate;
 mod output;
 
 use std::path::PathBuf;
@@ -54,7 +55,14 @@ enum Command {
     /// Example: provision list --state failed
     List(ListArgs),
 
-    /// Re-queue failed provisioning from the step that failed.
+    /// Apply tenant migrations: one tenant's schema, every schema (a
+    /// migrate-all run), or the public schema.
+    ///
+    /// Example: provision migrate --all --wait
+    Migrate(MigrateArgs),
+
+    /// Re-queue failed provisioning from the step that failed, or a schema
+    /// whose migration failed in a migrate-all run.
     ///
     /// Refuses (exit 1) a tenant that is not failed, naming its state.
     ///
@@ -182,6 +190,38 @@ struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct MigrateTarget {
+    /// Migrate this tenant's schema (enqueues MigrateSchema).
+    #[arg(long)]
+    schema_name: Option<String>,
+
+    /// Start a migrate-all run over every ready tenant behind the latest
+    /// migration (or follow the run in progress).
+    #[arg(long)]
+    all: bool,
+
+    /// Apply the public migrations now, from this process.
+    #[arg(long)]
+    shared: bool,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    target: MigrateTarget,
+
+    /// Follow until done: a live progress bar for --all, ending with the
+    /// counts (exit 1 if a schema failed).
+    #[arg(long)]
+    wait: bool,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 #[group(required = true, multiple = false, id = "target")]
 struct RetryTarget {
     /// The failed tenant to retry.
@@ -250,6 +290,7 @@ impl Command {
             Self::List(a) => a.json,
             Self::Init(a) => a.json,
             Self::Retry(a) => a.json,
+            Self::Migrate(a) => a.json,
             Self::FixDomain(a) => a.json,
             Self::Check(a) => a.json,
         }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ident;
 pub mod jobs;
 pub mod migrate;
+pub mod migrate_all;
 pub mod operator;
 pub mod password;
 pub mod provision;

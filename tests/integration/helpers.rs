@@ -234,6 +234,8 @@ impl TestEnv {
             ("PROVISION_NAMESPACE".into(), self.namespace.clone()),
             ("PROVISION_BASE_DOMAIN".into(), "newconcierge.app".into()),
             ("RUST_LOG".into(), "info".into()),
+            // No nightly run (nor catch-up of a missed one) unless a test asks.
+            ("PROVISION_MIGRATE_ALL_CRON".into(), "off".into()),
         ];
         vars.extend(self.env.iter().cloned());
         vars

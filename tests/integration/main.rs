@@ -6,5 +6,6 @@
 
 mod helpers;
 mod input;
+mod migrations;
 mod operators;
 mod provisioning;

@@ -11,7 +11,8 @@ use apalis_core::task::data::Data;
 use apalis_core::task::task_id::TaskId;
 use provision_shared::ProvisionError;
 use provision_shared::jobs::{CreateTenant, JobKind, MigrateSchema, SeedDemoData};
-use provision_shared::migrate::{TenantMigrations, migrate_schema};
+use provision_shared::migrate::TenantMigrations;
+use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schema, migrate_tenant};
 use provision_shared::operator::record_rejected_job;
 use provision_shared::provision::{JobEnv, JobOutcome, SeedOutcome, run_create_tenant, run_seed_demo_data};
 use serde::de::DeserializeOwned;
@@ -175,9 +176,33 @@ pub async fn migrate_schema_job(
         if let Err(e) = provision_shared::validate::schema_name(&job.schema_name) {
             return Err(escape(e.into()));
         }
-        match migrate_schema(&state.pool, &state.migrations, &job.schema_name).await {
+        if let Some(run_id) = job.run_id {
+            let outcome = migrate_run_schema(
+                &state.pool,
+                &state.migrations,
+                run_id,
+                &job.schema_name,
+                state.max_attempts,
+            )
+            .await
+            .map_err(escape)?;
+            match &outcome {
+                SchemaOutcome::Failed(error) => tracing::warn!(run_id, %error, "schema migration failed"),
+                SchemaOutcome::Retrying(error) => {
+                    tracing::warn!(run_id, %error, "schema migration will be retried")
+                }
+                other => tracing::info!(run_id, outcome = ?other, "schema migrated"),
+            }
+            return Ok(());
+        }
+        match migrate_tenant(&state.pool, &state.migrations, &job.schema_name, &state.name).await {
             Ok(done) => {
                 tracing::info!(applied = ?done.applied, version = done.version, "schema migrated");
+                Ok(())
+            }
+            // Recorded in the tenant's history.
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(error = %e, "schema migration failed");
                 Ok(())
             }
             Err(e) => Err(escape(e)),

@@ -2,6 +2,8 @@
 //! `provision` client uses [`queue::RedisQueue`] to push jobs the same way.
 
 pub mod handlers;
+pub mod maintenance;
 pub mod options;
 pub mod queue;
 pub mod run;
+pub mod schedule;

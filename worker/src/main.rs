@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use provision_worker::options::{ConnectionOptions, init_logging};
 use provision_worker::run::{WorkerSettings, run_worker, shutdown_signal};
+use provision_worker::schedule::parse_schedule;
 
 /// The worker pool: runs CreateTenant, SeedDemoData and MigrateSchema jobs
 /// from Redis, recording every tenant's provisioning in PostgreSQL.
@@ -22,6 +23,11 @@ struct Cli {
     /// Jobs run at once, per queue.
     #[arg(long, env = "PROVISION_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
+
+    /// When the nightly migrate-all runs: six fields with seconds, UTC; off
+    /// disables it.
+    #[arg(long, env = "PROVISION_MIGRATE_ALL_CRON", default_value = "0 0 3 * * *")]
+    migrate_all_cron: String,
 
     /// Executions of a step before its tenant is marked failed.
     #[arg(long, env = "PROVISION_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
@@ -42,7 +48,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let migrate_all_cron = match parse_schedule(&cli.migrate_all_cron) {
+        Ok(schedule) => schedule,
+        Err(e) => {
+            tracing::error!("invalid --migrate-all-cron: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let settings = WorkerSettings {
+        migrate_all_cron,
         database_url: cli.connection.database_url,
         redis_url: cli.connection.redis_url,
         namespace: cli.connection.namespace,

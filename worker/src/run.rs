@@ -14,8 +14,11 @@ use provision_shared::jobs::JobKind;
 use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
 use tokio::sync::watch;
 
+use apalis_cron::CronScheduler;
+
 use crate::handlers::{self, WorkerState};
 use crate::queue::{RedisQueue, storage};
+use crate::{maintenance, schedule};
 
 /// Everything the worker is told at start.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct WorkerSettings {
     pub max_attempts: i32,
     /// Tenant migrations to apply.
     pub migrations: TenantMigrations,
+    /// When the nightly migrate-all fires (`None`: never).
+    pub migrate_all_cron: Option<cron::Schedule>,
 }
 
 /// A name no other process has: apalis tells workers apart by name when it
@@ -92,7 +97,6 @@ pub async fn run_worker(
         .await
         .with_context(|| format!("Redis at {}", db::redact_url(&settings.redis_url)))?;
     let name = unique_worker_name();
-    tracing::info!(worker = %name, namespace = %settings.namespace, concurrency = settings.concurrency, "worker starting");
     let state = Arc::new(WorkerState {
         pool,
         queue: queue.clone(),
@@ -131,6 +135,19 @@ pub async fn run_worker(
     workers.spawn(async move { ("create_tenant", create.await) });
     workers.spawn(async move { ("seed_demo_data", seed.await) });
     workers.spawn(async move { ("migrate_schema", migrate.await) });
+    if let Some(schedule) = settings.migrate_all_cron.clone() {
+        if let Err(e) = schedule::catch_up(&state, &schedule).await {
+            tracing::warn!(error = %e, "could not check for a missed migrate-all tick");
+        }
+        let cron = WorkerBuilder::new(format!("{name}/cron"))
+            .backend(CronScheduler::new(schedule))
+            .data(state.clone())
+            .build(schedule::on_tick)
+            .run_until(stopped(stop_rx.clone()));
+        workers.spawn(async move { ("migrate_all_cron", cron.await) });
+    }
+    let maintenance = tokio::spawn(maintenance::run(state.clone(), stop_rx.clone()));
+    tracing::info!(worker = %name, namespace = %settings.namespace, concurrency = settings.concurrency, "worker starting");
 
     let stop = tokio::spawn(stop);
     let mut stopping = false;
@@ -165,6 +182,7 @@ pub async fn run_worker(
             }
         }
     }
+    let _ = maintenance.await;
     // Give the pool a moment to close its connections cleanly.
     tokio::time::timeout(Duration::from_secs(5), state.pool.close())
         .await

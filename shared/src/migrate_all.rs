@@ -1,0 +1,423 @@
+//! Migrate-all runs: starting one (one cheap query, however many schemas),
+//! handing its schemas to workers a bounded batch at a time, recording how
+//! each schema ended, and finishing the run.
+//!
+//! A run is recorded in `provision_migration_run`, its schemas in
+//! `provision_migration_run_schema`. A schema row moves
+//! `pending → queued → migrated | current | failed`; a transient error sends
+//! it back to `pending` with a delay, and `provision retry` sends a failed one
+//! back to `pending`. The run finishes when no row is pending or queued.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::error::{ProvisionError, violated_constraint};
+use crate::ident::advisory_key;
+use crate::jobs::{JobKind, JobRequest, JobSink};
+use crate::migrate::{SchemaMigrated, TenantMigrations, migrate_schema};
+use crate::provision::retry_delay_ms;
+
+/// At most this many jobs of migrate-all runs wait in Redis at once: far
+/// below the ~8,000 where the queue library wedges.
+pub const MAX_QUEUED: i64 = 1000;
+
+/// A `queued` row older than this is assumed lost (Redis emptied, say) and
+/// handed out again; migrating a schema twice is harmless.
+pub const QUEUED_TIMEOUT_SECS: f64 = 120.0;
+
+/// Who started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunTrigger {
+    /// The nightly schedule, for the tick at this time.
+    Cron(DateTime<Utc>),
+    /// `provision migrate --all`.
+    Operator,
+}
+
+/// What starting a run found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunStart {
+    /// A new run, with its id.
+    Started(i64),
+    /// A run is already in progress: this one.
+    AlreadyRunning(i64),
+    /// The cron tick already has its run (started by another worker).
+    TickTaken(i64),
+}
+
+/// Starts a migrate-all run to `target` (the newest tenant migration): every
+/// ready tenant behind it becomes a pending row. One statement, whatever the
+/// number of schemas; a run with nothing to do is finished at once.
+pub async fn start_run(
+    pool: &PgPool,
+    trigger: RunTrigger,
+    started_by: &str,
+    target: i32,
+) -> Result<RunStart, ProvisionError> {
+    let (kind, tick) = match trigger {
+        RunTrigger::Cron(tick) => ("cron", Some(tick)),
+        RunTrigger::Operator => ("operator", None),
+    };
+    let started: Result<Option<(i64, i32)>, sqlx::Error> = sqlx::query_as(
+        "WITH run AS (
+             INSERT INTO public.provision_migration_run
+                 (trigger, started_by, tick, target_version, total, already_current, state, finished_at)
+             SELECT $1, $2, $3, $4,
+                    count(*) FILTER (WHERE schema_version < $4),
+                    count(*) FILTER (WHERE schema_version >= $4),
+                    CASE WHEN count(*) FILTER (WHERE schema_version < $4) = 0 THEN 'finished' ELSE 'running' END,
+                    CASE WHEN count(*) FILTER (WHERE schema_version < $4) = 0 THEN now() END
+             FROM public.provision_tenant WHERE state = 'ready'
+             RETURNING id, total),
+         behind AS (
+             INSERT INTO public.provision_migration_run_schema (run_id, schema_name)
+             SELECT run.id, t.schema_name FROM run, public.provision_tenant t
+             WHERE t.state = 'ready' AND t.schema_version < $4)
+         SELECT id, total FROM run",
+    )
+    .bind(kind)
+    .bind(started_by)
+    .bind(tick)
+    .bind(target)
+    .fetch_optional(pool)
+    .await;
+    match started {
+        Ok(Some((id, _total))) => Ok(RunStart::Started(id)),
+        Ok(None) => Err(ProvisionError::WrongState("the run was not recorded".into())),
+        Err(e) => match violated_constraint(&e) {
+            Some("provision_migration_run_tick_key") => {
+                let id: i64 =
+                    sqlx::query_scalar("SELECT id FROM public.provision_migration_run WHERE tick = $1")
+                        .bind(tick)
+                        .fetch_one(pool)
+                        .await?;
+                Ok(RunStart::TickTaken(id))
+            }
+            Some("provision_migration_run_one_running") => {
+                let id: i64 = sqlx::query_scalar(
+                    "SELECT id FROM public.provision_migration_run WHERE state = 'running'",
+                )
+                .fetch_one(pool)
+                .await?;
+                Ok(RunStart::AlreadyRunning(id))
+            }
+            _ => Err(e.into()),
+        },
+    }
+}
+
+/// Hands up to [`MAX_QUEUED`] minus what is already queued of pending schema
+/// rows to the queue as `MigrateSchema` jobs; sends rows queued too long ago
+/// back to pending first. Only one process dispatches at a time (a
+/// transaction-scoped advisory lock): the bound holds with any number of
+/// workers. Returns how many jobs were pushed.
+pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, ProvisionError> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(advisory_key("dispatch-migrations", ""))
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    let claimed: Vec<(i64, String)> = sqlx::query_as(
+        "WITH lost AS (
+             UPDATE public.provision_migration_run_schema SET state = 'pending', updated_at = now()
+             WHERE state = 'queued' AND queued_at < now() - make_interval(secs => $2)
+             RETURNING run_id),
+         room AS (
+             SELECT greatest($1 - count(*), 0) AS n FROM public.provision_migration_run_schema
+             WHERE state = 'queued' AND queued_at >= now() - make_interval(secs => $2)),
+         next AS (
+             SELECT s.run_id, s.schema_name FROM public.provision_migration_run_schema s
+             JOIN public.provision_migration_run r ON r.id = s.run_id AND r.state = 'running'
+             WHERE s.state = 'pending' AND s.not_before <= now()
+             ORDER BY s.run_id, s.schema_name
+             LIMIT (SELECT n FROM room)
+             FOR UPDATE OF s SKIP LOCKED)
+         UPDATE public.provision_migration_run_schema s
+         SET state = 'queued', queued_at = now(), attempt = s.attempt + 1, updated_at = now()
+         FROM next WHERE s.run_id = next.run_id AND s.schema_name = next.schema_name
+         RETURNING s.run_id, s.schema_name",
+    )
+    .bind(MAX_QUEUED)
+    .bind(QUEUED_TIMEOUT_SECS)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Pushed before the claim commits: a crash in between leaves the rows
+    // pending and some jobs in Redis, which find their schema current or
+    // migrate it once (per-schema lock).
+    for (run_id, schema_name) in &claimed {
+        let mut job = JobRequest::now(JobKind::MigrateSchema, schema_name.as_str());
+        job.run_id = Some(*run_id);
+        sink.push(job).await?;
+    }
+    // A run whose last two schemas ended at the same moment may have been
+    // left running by both (each saw the other open): finish it here.
+    sqlx::query(
+        "UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
+         WHERE r.state = 'running' AND NOT EXISTS (
+             SELECT 1 FROM public.provision_migration_run_schema s
+             WHERE s.run_id = r.id AND s.state IN ('pending', 'queued'))",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claimed.len())
+}
+
+/// Migrates one tenant's schema outside any run (`provision migrate
+/// --schema-name`), recording the outcome in the tenant's history.
+pub async fn migrate_tenant(
+    pool: &PgPool,
+    migrations: &TenantMigrations,
+    schema_name: &str,
+    actor: &str,
+) -> Result<SchemaMigrated, ProvisionError> {
+    let result = migrate_schema(pool, migrations, schema_name).await;
+    let (detail, error) = match &result {
+        Ok(done) if done.applied.is_empty() => (Some(format!("already at migration {}", done.version)), None),
+        Ok(done) => (
+            Some(format!("applied {:?}, now at {}", done.applied, done.version)),
+            None,
+        ),
+        Err(e) if e.is_permanent() => (None, Some(e.to_string())),
+        // A transient error is retried by the queue; not worth a history row.
+        Err(_) => return result,
+    };
+    sqlx::query(
+        "INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, error, detail, actor)
+         SELECT schema_name, state, state, 'migrate_schema', 1, $2, $3, $4
+         FROM public.provision_tenant WHERE schema_name = $1",
+    )
+    .bind(schema_name)
+    .bind(error)
+    .bind(detail)
+    .bind(actor)
+    .execute(pool)
+    .await?;
+    result
+}
+
+/// How one schema of a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaOutcome {
+    /// Migrations were applied.
+    Migrated(Vec<i32>),
+    /// Nothing to apply.
+    Current,
+    /// A permanent error, or attempts used up.
+    Failed(String),
+    /// A transient error: pending again after a delay.
+    Retrying(String),
+}
+
+/// Runs a run's `MigrateSchema` job for `schema_name` and records how it
+/// ended; finishes the run when it was the last open schema.
+pub async fn migrate_run_schema(
+    pool: &PgPool,
+    migrations: &TenantMigrations,
+    run_id: i64,
+    schema_name: &str,
+    max_attempts: i32,
+) -> Result<SchemaOutcome, ProvisionError> {
+    let row: Option<(i32, i32)> = sqlx::query_as(
+        "SELECT s.attempt, r.target_version FROM public.provision_migration_run_schema s
+         JOIN public.provision_migration_run r ON r.id = s.run_id
+         WHERE s.run_id = $1 AND s.schema_name = $2 AND s.state = 'queued'",
+    )
+    .bind(run_id)
+    .bind(schema_name)
+    .fetch_optional(pool)
+    .await?;
+    let Some((attempt, target)) = row else {
+        // A duplicate or stale job: the row already ended.
+        return Ok(SchemaOutcome::Current);
+    };
+    let outcome = match migrate_schema(pool, migrations, schema_name).await {
+        Ok(SchemaMigrated { version, .. }) if version < target => SchemaOutcome::Failed(format!(
+            "this worker knows tenant migrations up to {version}, the run targets {target}: upgrade the worker"
+        )),
+        Ok(SchemaMigrated { applied, .. }) if applied.is_empty() => SchemaOutcome::Current,
+        Ok(SchemaMigrated { applied, .. }) => SchemaOutcome::Migrated(applied),
+        Err(e) if e.is_permanent() || attempt >= max_attempts => SchemaOutcome::Failed(e.to_string()),
+        Err(e) => SchemaOutcome::Retrying(e.to_string()),
+    };
+    let (state, applied, error, delay_ms) = match &outcome {
+        SchemaOutcome::Migrated(applied) => ("migrated", applied.clone(), None, 0),
+        SchemaOutcome::Current => ("current", Vec::new(), None, 0),
+        SchemaOutcome::Failed(e) => ("failed", Vec::new(), Some(e.clone()), 0),
+        SchemaOutcome::Retrying(e) => ("pending", Vec::new(), Some(e.clone()), retry_delay_ms(attempt)),
+    };
+    sqlx::query(
+        "WITH ended AS (
+             UPDATE public.provision_migration_run_schema
+             SET state = $3, applied = $4, error = $5, updated_at = now(),
+                 not_before = now() + make_interval(secs => $6)
+             WHERE run_id = $1 AND schema_name = $2 AND state = 'queued'
+             RETURNING run_id)
+         UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
+         WHERE r.id = $1 AND r.state = 'running' AND EXISTS (SELECT 1 FROM ended)
+           AND NOT EXISTS (
+               SELECT 1 FROM public.provision_migration_run_schema s
+               WHERE s.run_id = $1 AND s.state IN ('pending', 'queued')
+                 AND s.schema_name <> $2)
+           AND $3 <> 'pending'",
+    )
+    .bind(run_id)
+    .bind(schema_name)
+    .bind(state)
+    .bind(&applied)
+    .bind(error)
+    .bind(delay_ms as f64 / 1000.0)
+    .execute(pool)
+    .await?;
+    Ok(outcome)
+}
+
+/// A run's progress and outcome.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunSummary {
+    /// The run.
+    pub run_id: i64,
+    /// `running` or `finished`.
+    pub state: String,
+    /// `cron` or `operator`.
+    pub trigger: String,
+    /// Who started it.
+    pub started_by: String,
+    /// The tenant migration it brings schemas to.
+    pub target_version: i32,
+    /// Schemas that were behind when it started.
+    pub total: i64,
+    /// Schemas done so far (migrated, current or failed).
+    pub done: i64,
+    /// Schemas migrated.
+    pub migrated: i64,
+    /// Schemas already current: at the start, plus those found current.
+    pub already_current: i64,
+    /// Schemas failed.
+    pub failed: i64,
+    /// The failed schemas with their errors.
+    pub failures: Vec<RunFailure>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A schema a run could not migrate.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunFailure {
+    /// The schema.
+    pub schema_name: String,
+    /// Why.
+    pub error: String,
+}
+
+/// The summary of run `run_id`.
+pub async fn run_summary(pool: &PgPool, run_id: i64) -> Result<RunSummary, ProvisionError> {
+    #[allow(clippy::type_complexity)]
+    let row: (
+        String,
+        String,
+        String,
+        i32,
+        i32,
+        i32,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        i64,
+        i64,
+        i64,
+    ) = sqlx::query_as(
+        "SELECT r.state, r.trigger, r.started_by, r.target_version, r.total, r.already_current,
+                    r.started_at, r.finished_at,
+                    count(*) FILTER (WHERE s.state = 'migrated'),
+                    count(*) FILTER (WHERE s.state = 'current'),
+                    count(*) FILTER (WHERE s.state = 'failed')
+             FROM public.provision_migration_run r
+             LEFT JOIN public.provision_migration_run_schema s ON s.run_id = r.id
+             WHERE r.id = $1 GROUP BY r.id",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await?;
+    let failures = sqlx::query_as(
+        "SELECT schema_name, coalesce(error, '') AS error FROM public.provision_migration_run_schema
+         WHERE run_id = $1 AND state = 'failed' ORDER BY schema_name LIMIT 100",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await?;
+    let (state, trigger, started_by, target, total, current_at_start, started_at, finished_at, m, c, f) = row;
+    Ok(RunSummary {
+        run_id,
+        state,
+        trigger,
+        started_by,
+        target_version: target,
+        total: i64::from(total),
+        done: m + c + f,
+        migrated: m,
+        already_current: i64::from(current_at_start) + c,
+        failed: f,
+        failures,
+        started_at,
+        finished_at,
+    })
+}
+
+/// Sends a ready tenant's failed migration (in its latest run) back to
+/// pending, reopening that run. Returns the run, or `None` when the tenant
+/// has no failed migration.
+pub async fn retry_failed_migration(
+    pool: &PgPool,
+    schema_name: Option<&str>,
+) -> Result<Vec<(String, i64)>, ProvisionError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE public.provision_migration_run_schema s
+         SET state = 'pending', not_before = now(), attempt = 0, updated_at = now()
+         FROM public.provision_migration_run r
+         WHERE r.id = s.run_id AND s.state = 'failed' AND ($1::text IS NULL OR s.schema_name = $1)
+           AND r.id = (SELECT max(run_id) FROM public.provision_migration_run_schema l
+                       WHERE l.schema_name = s.schema_name)
+         RETURNING s.schema_name, s.run_id",
+    )
+    .bind(schema_name)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut runs: Vec<i64> = rows.iter().map(|(_, r)| *r).collect();
+    runs.sort_unstable();
+    runs.dedup();
+    for run in runs {
+        let reopened = sqlx::query(
+            "UPDATE public.provision_migration_run SET state = 'running', finished_at = NULL
+             WHERE id = $1 AND state = 'finished'",
+        )
+        .bind(run)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = reopened {
+            return Err(match violated_constraint(&e) {
+                Some("provision_migration_run_one_running") => ProvisionError::WrongState(
+                    "another migrate-all run is in progress: retry once it has finished".into(),
+                ),
+                _ => e.into(),
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The run in progress, if any, else the latest.
+pub async fn current_run(pool: &PgPool) -> Result<Option<i64>, ProvisionError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM public.provision_migration_run ORDER BY (state = 'running') DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?)
+}
