@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use provision_shared::jobs::{JobKind, JobRequest, JobSink};
+use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
 use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
 use provision_shared::migrate_all::retry_failed_migration;
 use provision_shared::operator::{DomainFix, retry_failed};
@@ -196,18 +196,27 @@ async fn create_tenant(ctx: &Ctx, args: CreateTenantArgs) -> Result<ExitCode, Cl
         Recorded::New | Recorded::Existing(_) => {
             // Pushing again for a request already in flight is harmless: the
             // job finds the tenant's state and carries on or ends.
-            let job_id = queue
-                .push(JobRequest::now(JobKind::CreateTenant, schema))
+            // With the queue full (a burst during an outage), the request
+            // waits in PostgreSQL and a worker pushes it when there is room.
+            let depth = queue
+                .depth(JobKind::CreateTenant)
                 .await
                 .map_err(|e| ctx.error(e))?;
-            note_job_id(&pool, schema, &job_id)
-                .await
-                .map_err(|e| ctx.error(e))?;
+            let job_id = if depth >= MAX_QUEUE_DEPTH {
+                None
+            } else {
+                let id = queue
+                    .push(JobRequest::now(JobKind::CreateTenant, schema))
+                    .await
+                    .map_err(|e| ctx.error(e))?;
+                note_job_id(&pool, schema, &id).await.map_err(|e| ctx.error(e))?;
+                Some(id)
+            };
             let state = match recorded {
                 Recorded::Existing(s) => s,
                 Recorded::New => TenantState::Requested,
             };
-            (Some(job_id), state)
+            (job_id, state)
         }
     };
     let is_new = recorded == Recorded::New;
@@ -220,6 +229,10 @@ async fn create_tenant(ctx: &Ctx, args: CreateTenantArgs) -> Result<ExitCode, Cl
             ),
             (_, Some(id)) => println!(
                 "Tenant {schema} was already requested (state {state}); pushed CreateTenant job {id} to carry it on"
+            ),
+            (Recorded::New, None) => println!(
+                "Requested tenant {schema}: the queue is full ({MAX_QUEUE_DEPTH} jobs), so it waits in \
+                 PostgreSQL and a worker will enqueue it as the queue drains"
             ),
             (_, None) => {
                 println!("Tenant {schema} was already requested with the same details; it is {state}")
@@ -310,13 +323,25 @@ async fn seed_demo_data(ctx: &Ctx, args: SeedArgs) -> Result<ExitCode, CliError>
             ),
         ));
     }
-    let job_id = queue
-        .push(JobRequest::now(JobKind::SeedDemoData, &args.schema_name))
-        .await
-        .map_err(|e| ctx.error(e))?;
-    if !args.json {
-        println!("Enqueued SeedDemoData for {} (job {job_id})", args.schema_name);
-    }
+    // A tenant still being provisioned gets its demo data when it is ready.
+    let job_id = if state == TenantState::Ready {
+        let id = queue
+            .push(JobRequest::now(JobKind::SeedDemoData, &args.schema_name))
+            .await
+            .map_err(|e| ctx.error(e))?;
+        if !args.json {
+            println!("Enqueued SeedDemoData for {} (job {id})", args.schema_name);
+        }
+        Some(id)
+    } else {
+        if !args.json {
+            println!(
+                "{} is {state}: its demo data will be seeded once it is ready",
+                args.schema_name
+            );
+        }
+        None
+    };
     let mut demo = "pending".to_owned();
     if args.wait {
         loop {

@@ -302,7 +302,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    init_logging(cli.connection.log_format, "warn");
+    init_logging(cli.connection.log_format, "warn", None);
     let json = cli.command.json();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -38,6 +38,11 @@ impl JobKind {
     }
 }
 
+/// At most this many `CreateTenant` jobs wait in Redis: the queue library
+/// wedges somewhere above 8,000. Requests beyond it wait in PostgreSQL and
+/// are pushed by a worker as the queue drains.
+pub const MAX_QUEUE_DEPTH: u64 = 5000;
+
 /// Current version of every payload below.
 pub const PAYLOAD_VERSION: u32 = 1;
 

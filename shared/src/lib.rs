@@ -12,6 +12,7 @@ pub mod migrate_all;
 pub mod operator;
 pub mod password;
 pub mod provision;
+pub mod reconcile;
 pub mod state;
 pub mod status;
 pub mod validate;

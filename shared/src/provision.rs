@@ -316,7 +316,6 @@ struct TenantRow {
     admin_email: String,
     admin_password_hash: Option<String>,
     trial_days: i32,
-    seed_demo_data: bool,
     tenant_id: Option<i32>,
     last_error: Option<String>,
 }
@@ -358,7 +357,7 @@ async fn drive_steps<S: JobSink>(
         "UPDATE public.provision_tenant SET attempt = attempt + 1, updated_at = now()
          WHERE schema_name = $1 AND state NOT IN ('ready', 'failed')
          RETURNING state, attempt, tenant_name, domain, admin_email, admin_password_hash,
-                   trial_days, seed_demo_data, tenant_id, last_error",
+                   trial_days, tenant_id, last_error",
     )
     .bind(schema_name)
     .fetch_optional(&mut *conn)
@@ -544,7 +543,15 @@ async fn run_step<S: JobSink>(
             row.admin_password_hash = None;
         }
         Step::Activate => {
-            if row.seed_demo_data {
+            // Demo data asked for at creation, or by `seed-demo-data` while
+            // the tenant was being provisioned.
+            let demo: String = sqlx::query_scalar(
+                "SELECT demo_data_state FROM public.provision_tenant WHERE schema_name = $1",
+            )
+            .bind(schema_name)
+            .fetch_one(&mut *conn)
+            .await?;
+            if demo == "pending" {
                 // Pushed before the transition commits: if we crash in
                 // between, the step runs again and pushes again, and the seed
                 // job runs once in effect however often it is delivered.
@@ -799,8 +806,32 @@ pub async fn run_seed_demo_data(
     Ok(outcome)
 }
 
+/// Records that seeding demo data into `schema_name` failed for good.
+pub async fn mark_demo_data_failed(
+    pool: &PgPool,
+    schema_name: &str,
+    error: &str,
+    actor: &str,
+) -> Result<(), ProvisionError> {
+    sqlx::query(
+        "WITH failed AS (
+             UPDATE public.provision_tenant SET demo_data_state = 'failed', updated_at = now()
+             WHERE schema_name = $1 AND demo_data_state <> 'seeded'
+             RETURNING schema_name, state)
+         INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, error, actor)
+         SELECT schema_name, state, state, 'seed_demo_data', 1, $2, $3 FROM failed",
+    )
+    .bind(schema_name)
+    .bind(error)
+    .bind(actor)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Asks for demo data on a tenant (the `seed-demo-data` command): marks it
-/// pending so `status` shows it is on its way.
+/// pending so `status` shows it is on its way; a tenant still being
+/// provisioned gets it when it becomes ready.
 pub async fn request_demo_data(pool: &PgPool, schema_name: &str) -> Result<TenantState, ProvisionError> {
     validate::schema_name(schema_name)?;
     let state: Option<String> = sqlx::query_scalar(

@@ -236,6 +236,8 @@ impl TestEnv {
             ("RUST_LOG".into(), "info".into()),
             // No nightly run (nor catch-up of a missed one) unless a test asks.
             ("PROVISION_MIGRATE_ALL_CRON".into(), "off".into()),
+            // Any free port: tests run many workers at once.
+            ("PROVISION_METRICS_ADDR".into(), "127.0.0.1:0".into()),
         ];
         vars.extend(self.env.iter().cloned());
         vars

@@ -9,17 +9,20 @@ use apalis_core::error::{AbortError, BoxDynError};
 use apalis_core::task::attempt::Attempt;
 use apalis_core::task::data::Data;
 use apalis_core::task::task_id::TaskId;
-use provision_shared::ProvisionError;
 use provision_shared::jobs::{CreateTenant, JobKind, MigrateSchema, SeedDemoData};
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schema, migrate_tenant};
 use provision_shared::operator::record_rejected_job;
-use provision_shared::provision::{JobEnv, JobOutcome, SeedOutcome, run_create_tenant, run_seed_demo_data};
+use provision_shared::provision::{
+    JobEnv, JobOutcome, SeedOutcome, mark_demo_data_failed, run_create_tenant, run_seed_demo_data,
+};
+use provision_shared::{ProvisionError, TenantState};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
 use tracing::Instrument;
 
+use crate::metrics::{JobResult, Metrics};
 use crate::queue::RedisQueue;
 
 /// What every handler shares.
@@ -35,6 +38,8 @@ pub struct WorkerState {
     pub name: String,
     /// Executions of a step before its tenant is failed.
     pub max_attempts: i32,
+    /// Job counters and step timings.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The handlers' shared state, as apalis hands it over.
@@ -80,6 +85,15 @@ fn escape(error: ProvisionError) -> BoxDynError {
     }
 }
 
+/// The counter for a job that ended with `result`.
+fn counted<T>(result: &Result<T, ProvisionError>) -> JobResult {
+    match result {
+        Ok(_) => JobResult::Succeeded,
+        Err(e) if e.is_permanent() => JobResult::Failed,
+        Err(_) => JobResult::Retried,
+    }
+}
+
 /// `CreateTenant`.
 pub async fn create_tenant(
     args: Value,
@@ -87,7 +101,9 @@ pub async fn create_tenant(
     id: TaskId,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
+    state.metrics.job(JobKind::CreateTenant, JobResult::Started);
     let Some(job) = parse::<CreateTenant>(&state, JobKind::CreateTenant, &id, args).await? else {
+        state.metrics.job(JobKind::CreateTenant, JobResult::Failed);
         return Ok(());
     };
     let span = tracing::info_span!(
@@ -105,7 +121,16 @@ pub async fn create_tenant(
             actor: &state.name,
             max_attempts: state.max_attempts,
         };
-        match run_create_tenant(&env, &job.schema_name).await {
+        let result = run_create_tenant(&env, &job.schema_name).await;
+        let counted = match &result {
+            Ok(JobOutcome::Finished(TenantState::Failed)) => JobResult::Failed,
+            Ok(JobOutcome::RetryScheduled { .. }) => JobResult::Retried,
+            Ok(_) => JobResult::Succeeded,
+            Err(e) if e.is_permanent() => JobResult::Failed,
+            Err(_) => JobResult::Retried,
+        };
+        state.metrics.job(JobKind::CreateTenant, counted);
+        match result {
             Ok(JobOutcome::Finished(final_state)) => {
                 tracing::info!(state = %final_state, "job finished");
                 Ok(())
@@ -128,7 +153,9 @@ pub async fn seed_demo_data(
     id: TaskId,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
+    state.metrics.job(JobKind::SeedDemoData, JobResult::Started);
     let Some(job) = parse::<SeedDemoData>(&state, JobKind::SeedDemoData, &id, args).await? else {
+        state.metrics.job(JobKind::SeedDemoData, JobResult::Failed);
         return Ok(());
     };
     let span = tracing::info_span!(
@@ -139,7 +166,19 @@ pub async fn seed_demo_data(
         delivery = attempt.current()
     );
     async {
-        match run_seed_demo_data(&state.pool, &job.schema_name, &state.name).await {
+        let result = run_seed_demo_data(&state.pool, &job.schema_name, &state.name).await;
+        state.metrics.job(JobKind::SeedDemoData, counted(&result));
+        // Given up: a permanent error, or the last of the attempts.
+        if let Err(e) = &result
+            && (e.is_permanent() || attempt.current() >= usize::try_from(state.max_attempts).unwrap_or(8))
+        {
+            tracing::warn!(error = %e, "seeding demo data failed");
+            mark_demo_data_failed(&state.pool, &job.schema_name, &e.to_string(), &state.name)
+                .await
+                .map_err(escape)?;
+            return Ok(());
+        }
+        match result {
             Ok(SeedOutcome::Seeded) => {
                 tracing::info!("demo data seeded");
                 Ok(())
@@ -162,7 +201,9 @@ pub async fn migrate_schema_job(
     id: TaskId,
     attempt: Attempt,
 ) -> Result<(), BoxDynError> {
+    state.metrics.job(JobKind::MigrateSchema, JobResult::Started);
     let Some(job) = parse::<MigrateSchema>(&state, JobKind::MigrateSchema, &id, args).await? else {
+        state.metrics.job(JobKind::MigrateSchema, JobResult::Failed);
         return Ok(());
     };
     let span = tracing::info_span!(
@@ -195,7 +236,9 @@ pub async fn migrate_schema_job(
             }
             return Ok(());
         }
-        match migrate_tenant(&state.pool, &state.migrations, &job.schema_name, &state.name).await {
+        let result = migrate_tenant(&state.pool, &state.migrations, &job.schema_name, &state.name).await;
+        state.metrics.job(JobKind::MigrateSchema, counted(&result));
+        match result {
             Ok(done) => {
                 tracing::info!(applied = ?done.applied, version = done.version, "schema migrated");
                 Ok(())

@@ -3,6 +3,7 @@
 
 pub mod handlers;
 pub mod maintenance;
+pub mod metrics;
 pub mod options;
 pub mod queue;
 pub mod run;

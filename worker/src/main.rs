@@ -1,8 +1,11 @@
 //! `provision-worker`: runs provisioning jobs from Redis.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use provision_worker::metrics::Metrics;
 use provision_worker::options::{ConnectionOptions, init_logging};
 use provision_worker::run::{WorkerSettings, run_worker, shutdown_signal};
 use provision_worker::schedule::parse_schedule;
@@ -29,6 +32,20 @@ struct Cli {
     #[arg(long, env = "PROVISION_MIGRATE_ALL_CRON", default_value = "0 0 3 * * *")]
     migrate_all_cron: String,
 
+    /// Where /metrics (Prometheus) and /healthz are served; off disables.
+    #[arg(long, env = "PROVISION_METRICS_ADDR", default_value = "127.0.0.1:9898")]
+    metrics_addr: String,
+
+    /// Seconds running jobs may take to finish after SIGTERM before they are
+    /// abandoned to other workers (a trailing s is accepted: 30s).
+    #[arg(long, env = "PROVISION_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_seconds)]
+    shutdown_grace: u64,
+
+    /// Seconds a tenant may sit unchanged in a non-final state before its
+    /// job is assumed lost (Redis emptied) and pushed again.
+    #[arg(long, env = "PROVISION_RECONCILE_AFTER", default_value = "120", value_parser = parse_seconds)]
+    reconcile_after: u64,
+
     /// Executions of a step before its tenant is marked failed.
     #[arg(long, env = "PROVISION_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
     max_attempts: i32,
@@ -37,10 +54,26 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let metrics = Metrics::new();
     init_logging(
         cli.connection.log_format,
         "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn",
+        Some(metrics.clone()),
     );
+    let metrics_addr = if cli.metrics_addr.eq_ignore_ascii_case("off") {
+        None
+    } else {
+        match cli.metrics_addr.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                tracing::error!(
+                    "invalid --metrics-addr {:?}: {e} (host:port, or off)",
+                    cli.metrics_addr
+                );
+                return ExitCode::from(2);
+            }
+        }
+    };
     let migrations = match cli.connection.tenant_migrations() {
         Ok(set) => set,
         Err(e) => {
@@ -57,6 +90,10 @@ async fn main() -> ExitCode {
     };
     let settings = WorkerSettings {
         migrate_all_cron,
+        metrics_addr,
+        shutdown_grace: Duration::from_secs(cli.shutdown_grace),
+        stale_after: Duration::from_secs(cli.reconcile_after),
+        metrics,
         database_url: cli.connection.database_url,
         redis_url: cli.connection.redis_url,
         namespace: cli.connection.namespace,
@@ -71,4 +108,13 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `30` or `30s`.
+fn parse_seconds(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .trim_end_matches('s')
+        .parse::<u64>()
+        .map_err(|_| format!("{value:?} is not a number of seconds (like 30 or 30s)"))
 }

@@ -2,10 +2,13 @@
 //! variable (a flag wins over its variable).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use provision_shared::db;
 use provision_shared::migrate::TenantMigrations;
+
+use crate::metrics::{Metrics, StepTimings};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,20 +60,28 @@ impl ConnectionOptions {
 }
 
 /// Sends `tracing` output to stderr in `format`; `RUST_LOG` filters it
-/// (default `info`, and `warn` for the libraries).
-pub fn init_logging(format: LogFormat, default_filter: &str) {
-    use tracing_subscriber::EnvFilter;
+/// (`default_filter` otherwise). With `metrics`, step durations are also
+/// taken from the transition events, whatever the filter.
+pub fn init_logging(format: LogFormat, default_filter: &str, metrics: Option<Arc<Metrics>>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder
+    let output = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
-            .init(),
-    }
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(metrics.map(StepTimings))
+        .init();
 }

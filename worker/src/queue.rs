@@ -87,6 +87,97 @@ impl RedisQueue {
             .map_err(|e| ProvisionError::Queue(e.to_string()))
     }
 
+    /// Jobs of `kind`'s queue by status: waiting (ready to run), scheduled
+    /// (delayed, or due at the next poll), inflight (taken by a worker),
+    /// dead (given up by the library).
+    pub async fn depth_by_status(&self, kind: JobKind) -> Result<Vec<(&'static str, u64)>, ProvisionError> {
+        let config = queue_config(&self.namespace, kind);
+        let mut conn = self.conn.clone();
+        let workers: Vec<String> = redis::cmd("ZRANGE")
+            .arg(config.workers_set())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("LLEN").arg(config.active_jobs_list());
+        pipe.cmd("ZCARD").arg(config.scheduled_jobs_set());
+        pipe.cmd("SCARD").arg(config.dead_jobs_set());
+        for worker in &workers {
+            pipe.cmd("SCARD")
+                .arg(format!("{}:{worker}", config.inflight_jobs_set()));
+        }
+        let counts: Vec<u64> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        Ok(vec![
+            ("waiting", counts[0]),
+            ("scheduled", counts[1]),
+            ("inflight", counts[3..].iter().sum()),
+            ("dead", counts[2]),
+        ])
+    }
+
+    /// Jobs of `kind` waiting or scheduled: what a new push queues behind.
+    pub async fn depth(&self, kind: JobKind) -> Result<u64, ProvisionError> {
+        let config = queue_config(&self.namespace, kind);
+        let mut conn = self.conn.clone();
+        let (waiting, scheduled): (u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(config.active_jobs_list())
+            .cmd("ZCARD")
+            .arg(config.scheduled_jobs_set())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        Ok(waiting + scheduled)
+    }
+
+    /// Seconds since the last heartbeat of worker `name` on `kind`'s queue.
+    pub async fn heartbeat_age(&self, kind: JobKind, name: &str) -> Result<Option<f64>, ProvisionError> {
+        let config = queue_config(&self.namespace, kind);
+        let mut conn = self.conn.clone();
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(config.workers_set())
+            .arg(format!("{name}/{}", kind.name()))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        Ok(score.map(|s| (now - s).max(0.0)))
+    }
+
+    /// Removes finished jobs of `kind` (at most `limit`): the library keeps
+    /// every finished job's data and metadata for ever. PostgreSQL has the
+    /// record of what they did.
+    pub async fn clean_finished(&self, kind: JobKind, limit: usize) -> Result<usize, ProvisionError> {
+        let config = queue_config(&self.namespace, kind);
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SPOP")
+            .arg(config.done_jobs_set())
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let meta = config.job_meta_hash();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL").arg(config.job_data_hash()).arg(&ids).ignore();
+        pipe.cmd("HDEL").arg(format!("{meta}:result")).arg(&ids).ignore();
+        let meta_keys: Vec<String> = ids.iter().map(|id| format!("{meta}:{id}")).collect();
+        pipe.cmd("DEL").arg(&meta_keys).ignore();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        Ok(ids.len())
+    }
+
     /// Workers of `kind`'s queue whose last heartbeat (seconds since the
     /// epoch) is at or after `since`.
     pub async fn workers_alive(&self, kind: JobKind, since: u64) -> Result<u64, ProvisionError> {

@@ -3,6 +3,7 @@
 //! SIGTERM or Ctrl-C. The process fails when a worker's job loop dies, so
 //! its supervisor restarts it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use apalis_cron::CronScheduler;
 
 use crate::handlers::{self, WorkerState};
+use crate::metrics::{self, Metrics};
 use crate::queue::{RedisQueue, storage};
 use crate::{maintenance, schedule};
 
@@ -37,6 +39,15 @@ pub struct WorkerSettings {
     pub migrations: TenantMigrations,
     /// When the nightly migrate-all fires (`None`: never).
     pub migrate_all_cron: Option<cron::Schedule>,
+    /// Where `/metrics` and `/healthz` are served (`None`: nowhere).
+    pub metrics_addr: Option<SocketAddr>,
+    /// How long running jobs may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// How long a non-final tenant may sit unchanged before its job is
+    /// assumed lost and pushed again.
+    pub stale_after: Duration,
+    /// Counters and histograms (shared with the logging layer).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A name no other process has: apalis tells workers apart by name when it
@@ -103,7 +114,16 @@ pub async fn run_worker(
         migrations: settings.migrations.clone(),
         name: name.clone(),
         max_attempts: settings.max_attempts,
+        metrics: settings.metrics.clone(),
     });
+    if let Some(addr) = settings.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("serving metrics on {addr} (set PROVISION_METRICS_ADDR, or off)"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "serving /metrics and /healthz");
+        tokio::spawn(metrics::serve(listener, state.clone(), settings.metrics.clone()));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -146,18 +166,34 @@ pub async fn run_worker(
             .run_until(stopped(stop_rx.clone()));
         workers.spawn(async move { ("migrate_all_cron", cron.await) });
     }
-    let maintenance = tokio::spawn(maintenance::run(state.clone(), stop_rx.clone()));
+    let maintenance = tokio::spawn(maintenance::run(
+        state.clone(),
+        settings.stale_after,
+        stop_rx.clone(),
+    ));
     tracing::info!(worker = %name, namespace = %settings.namespace, concurrency = settings.concurrency, "worker starting");
 
     let stop = tokio::spawn(stop);
     let mut stopping = false;
     let mut failure = None;
+    // Far in the future until a stop begins; then the end of the grace period.
+    let grace_over = tokio::time::sleep(Duration::from_secs(u64::from(u32::MAX)));
     tokio::pin!(stop);
+    tokio::pin!(grace_over);
     loop {
         tokio::select! {
             _ = &mut stop, if !stopping => {
                 stopping = true;
+                grace_over.as_mut().reset(tokio::time::Instant::now() + settings.shutdown_grace);
                 let _ = stop_tx.send(true);
+            }
+            () = &mut grace_over => {
+                tracing::warn!(
+                    grace_seconds = settings.shutdown_grace.as_secs(),
+                    "grace period over with jobs still running: they are abandoned, and another worker takes them over"
+                );
+                workers.abort_all();
+                break;
             }
             joined = workers.join_next() => match joined {
                 None => break,
@@ -170,14 +206,22 @@ pub async fn run_worker(
                         Err(e) => format!("the {queue_name} worker died: {e}"),
                     };
                     tracing::error!(queue = queue_name, "{message}");
+                    settings.metrics.loops_alive.store(false, std::sync::atomic::Ordering::SeqCst);
                     failure.get_or_insert(message);
-                    stopping = true;
-                    let _ = stop_tx.send(true);
+                    if !stopping {
+                        stopping = true;
+                        grace_over.as_mut().reset(tokio::time::Instant::now() + settings.shutdown_grace);
+                        let _ = stop_tx.send(true);
+                    }
                 }
                 Some(Err(e)) => {
+                    settings.metrics.loops_alive.store(false, std::sync::atomic::Ordering::SeqCst);
                     failure.get_or_insert(format!("a worker task panicked: {e}"));
-                    stopping = true;
-                    let _ = stop_tx.send(true);
+                    if !stopping {
+                        stopping = true;
+                        grace_over.as_mut().reset(tokio::time::Instant::now() + settings.shutdown_grace);
+                        let _ = stop_tx.send(true);
+                    }
                 }
             }
         }

@@ -1,0 +1,378 @@
+//! The bench's own world: a fresh database and Redis namespace, removed at
+//! the end whatever happened, and real `provision-worker` processes started
+//! from the binaries built next to this one. Nothing is shared with a
+//! deployment or another run, so the bench can run beside both.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use provision_shared::db;
+use provision_shared::ident::{quote_ident, trusted_sql};
+use provision_shared::migrate::apply_public_migrations;
+use provision_worker::queue::RedisQueue;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::process::{Child, Command};
+
+/// Where the bench's database is made, and its Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct Servers {
+    /// A URL of the PostgreSQL server whose user may create databases.
+    pub(crate) admin_url: String,
+    /// Redis.
+    pub(crate) redis_url: String,
+    /// Where `provision-worker` and `provision` are (see [`binaries_dir`]).
+    pub(crate) bin_dir: PathBuf,
+}
+
+/// One fresh database (public migrations applied) and Redis namespace,
+/// both named `provision_bench_<id>`.
+#[derive(Debug)]
+pub(crate) struct BenchEnv {
+    /// The database and namespace name.
+    pub(crate) name: String,
+    /// The database's URL.
+    pub(crate) database_url: String,
+    /// Redis.
+    pub(crate) redis_url: String,
+    /// A pool on the database, for the bench's own queries.
+    pub(crate) pool: PgPool,
+    /// A scratch folder (migrations, worker logs).
+    pub(crate) dir: PathBuf,
+    admin_url: String,
+    bin_dir: PathBuf,
+}
+
+impl BenchEnv {
+    /// Creates the database and applies the public migrations (what
+    /// `provision init` or a worker's start-up does); the namespace needs no
+    /// creating.
+    pub(crate) async fn create(servers: &Servers) -> anyhow::Result<Self> {
+        let id = ulid::Ulid::generate().to_string().to_lowercase();
+        let name = format!("provision_bench_{id}");
+        let mut admin = PgConnection::connect(&servers.admin_url)
+            .await
+            .with_context(|| format!("PostgreSQL at {}", db::redact_url(&servers.admin_url)))?;
+        sqlx::raw_sql(trusted_sql(format!("CREATE DATABASE {}", quote_ident(&name))))
+            .execute(&mut admin)
+            .await
+            .context("creating the bench database")?;
+        admin.close().await.ok();
+        let database_url = database_url_for(&servers.admin_url, &name);
+        let opened = async {
+            let pool = db::connect(&database_url, 16).await?;
+            apply_public_migrations(&pool).await?;
+            Ok::<_, provision_shared::ProvisionError>(pool)
+        };
+        let pool = match opened.await {
+            Ok(pool) => pool,
+            Err(e) => {
+                drop_database(&servers.admin_url, &name).await;
+                return Err(e).context("preparing the bench database");
+            }
+        };
+        Ok(Self {
+            dir: std::env::temp_dir().join(&name),
+            name,
+            database_url,
+            redis_url: servers.redis_url.clone(),
+            pool,
+            admin_url: servers.admin_url.clone(),
+            bin_dir: servers.bin_dir.clone(),
+        })
+    }
+
+    /// A `provision-worker` or `provision` binary of the same build profile
+    /// as this bench.
+    pub(crate) fn binary(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// A client of the bench's queues, as `provision` pushes with it.
+    pub(crate) async fn queue(&self) -> anyhow::Result<RedisQueue> {
+        Ok(RedisQueue::connect(&self.redis_url, &self.name).await?)
+    }
+
+    /// The environment every binary the bench runs gets: the bench's
+    /// database and namespace, and nothing inherited that would change what
+    /// is measured.
+    fn configure(&self, cmd: &mut Command) {
+        for inherited in [
+            "LOG_FORMAT",
+            "PROVISION_BASE_DOMAIN",
+            "PROVISION_MAX_ATTEMPTS",
+            "PROVISION_TENANT_MIGRATIONS_DIR",
+            "PROVISION_CONCURRENCY",
+        ] {
+            cmd.env_remove(inherited);
+        }
+        cmd.env("DATABASE_URL", &self.database_url)
+            .env("REDIS_URL", &self.redis_url)
+            .env("PROVISION_NAMESPACE", &self.name);
+    }
+
+    /// A command running the `provision` client against the bench's
+    /// database and namespace.
+    pub(crate) fn client_command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        self.configure(&mut cmd);
+        cmd.env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Starts a worker with `concurrency` and, if given, the tenant
+    /// migrations of `migrations_dir`; returns once it is taking jobs.
+    pub(crate) async fn start_worker(
+        &self,
+        concurrency: usize,
+        migrations_dir: Option<&Path>,
+    ) -> anyhow::Result<Worker> {
+        std::fs::create_dir_all(&self.dir)?;
+        let log = self.dir.join(format!("worker-{}.log", ulid::Ulid::generate()));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(self.binary("provision-worker"));
+        self.configure(&mut cmd);
+        cmd.env("PROVISION_CONCURRENCY", concurrency.to_string())
+            .env("PROVISION_MIGRATE_ALL_CRON", "off")
+            // Warnings only, as in production at scale, except the one line
+            // that says the worker is taking jobs.
+            .env("RUST_LOG", "warn,provision_worker::run=info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true);
+        if let Some(dir) = migrations_dir {
+            cmd.env("PROVISION_TENANT_MIGRATIONS_DIR", dir);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary("provision-worker").display()))?;
+        let pid = child.id().context("the worker exited at once")?;
+        let mut worker = Worker { child, pid, log };
+        let started = Instant::now();
+        while !worker.log_text().contains("worker starting") {
+            worker.ensure_alive()?;
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the worker did not start in 60 s:\n{}", worker.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(worker)
+    }
+
+    /// Drops the database, deletes the namespace's keys and the scratch
+    /// folder.
+    /// Reports what it could not remove rather than failing: the figures
+    /// are already printed.
+    pub(crate) async fn remove(self) {
+        self.pool.close().await;
+        drop_database(&self.admin_url, &self.name).await;
+        if let Err(e) = delete_namespace(&self.redis_url, &self.name).await {
+            eprintln!("warning: could not delete Redis keys {}:*: {e}", self.name);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Drops database `name` (WITH (FORCE): a killed worker may still hold a
+/// connection); warns when it cannot.
+async fn drop_database(admin_url: &str, name: &str) {
+    let dropped = async {
+        let mut admin = PgConnection::connect(admin_url).await?;
+        sqlx::raw_sql(trusted_sql(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        )))
+        .execute(&mut admin)
+        .await?;
+        admin.close().await?;
+        Ok::<_, sqlx::Error>(())
+    };
+    if let Err(e) = dropped.await {
+        eprintln!("warning: could not drop database {name}: {e}");
+    }
+}
+
+/// The URL of database `name` on the server of `admin_url`: the admin URL
+/// with its database (the path) replaced, any query kept.
+fn database_url_for(admin_url: &str, name: &str) -> String {
+    let (url, query) = match admin_url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (admin_url, None),
+    };
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let base = match url[authority_start..].find('/') {
+        Some(slash) => &url[..authority_start + slash],
+        None => url,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// Deletes every key under `namespace:`, a batch at a time (SCAN, never
+/// FLUSHALL: the Redis may be shared).
+async fn delete_namespace(redis_url: &str, namespace: &str) -> redis::RedisResult<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{namespace}:*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The folder of this executable (`target/release` or `target/debug`),
+/// where the workspace's other binaries of the same profile are. When run
+/// by `cargo run`, they are built first, so the bench never measures a
+/// stale worker.
+pub(crate) fn binaries_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    let dir = exe
+        .parent()
+        .context("the bench executable has no folder")?
+        .to_path_buf();
+    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR"))
+    {
+        let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(&manifest)
+            .args(["build", "--bins", "-p", "provision-worker", "-p", "provision-cli"]);
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        eprintln!("building provision-worker and provision ({profile})");
+        let status = cmd.status().context("running cargo build")?;
+        ensure!(status.success(), "building provision-worker and provision failed");
+    }
+    for name in ["provision-worker", "provision"] {
+        ensure!(
+            dir.join(name).exists(),
+            "{} is not built: run `cargo build --bins{}` first",
+            dir.join(name).display(),
+            if dir.ends_with("release") {
+                " --release"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(dir)
+}
+
+/// A running `provision-worker`; killed if dropped without [`Worker::stop`].
+#[derive(Debug)]
+pub(crate) struct Worker {
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the worker's log, for error messages.
+    pub(crate) fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Warning and error lines the worker logged (retries, failures).
+    pub(crate) fn complaints(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Fails when the worker has exited: waiting on its work would only
+    /// time out.
+    pub(crate) fn ensure_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the worker exited ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// The worker's peak resident memory so far (VmHWM), in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
+        peak_rss_kib(self.pid)
+    }
+
+    /// Stops the worker as its supervisor would (SIGTERM) and waits for it;
+    /// anything but a clean exit is an error.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .context("running kill")?;
+        ensure!(sent.success(), "kill -TERM {} failed", self.pid);
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .with_context(|| format!("the worker did not stop in 30 s:\n{}", self.log_tail()))??;
+        ensure!(
+            status.success(),
+            "the worker stopped with {status}:\n{}",
+            self.log_tail()
+        );
+        Ok(())
+    }
+}
+
+/// VmHWM of process `pid` from `/proc/<pid>/status`, in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_url_replaces_only_the_database() {
+        assert_eq!(
+            database_url_for("postgres://postgres@127.0.0.1:5432/postgres", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            database_url_for("postgres://u:p@h/postgres?sslmode=disable", "b"),
+            "postgres://u:p@h/b?sslmode=disable"
+        );
+        assert_eq!(database_url_for("postgres://h:5432", "b"), "postgres://h:5432/b");
+    }
+
+    #[test]
+    fn peak_rss_of_this_process_is_read() {
+        assert!(peak_rss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+    }
+}

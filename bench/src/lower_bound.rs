@@ -1,0 +1,221 @@
+//! The floors every figure is compared with: the same SQL effect done by
+//! plain sessions in the cheapest way PostgreSQL allows, one transaction
+//! per schema sent as one round trip (the simple-query protocol, several
+//! statements in one message), on dedicated connections opened before the
+//! clock starts. No queue, no state machine, no history, no locks, no
+//! bookkeeping beyond what the result needs. Whatever the system spends
+//! above this is its own overhead; below it nothing can go on this server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use provision_shared::ident::{quote_ident, trusted_sql};
+use provision_shared::migrate::{TENANT_BOOKKEEPING, TenantMigrations};
+use sqlx::{Connection, PgConnection};
+
+use crate::fixtures;
+use crate::progress::Progress;
+
+/// Turns an item (a schema name) into the one SQL text that does its work.
+pub(crate) type MakeSql = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// The migration the migrate-all benchmark applies, number `k`: a nullable
+/// column and an index on it, named by `k` so every measurement has a new
+/// one to apply (the kind of migration a release adds).
+pub(crate) fn add_column(k: usize) -> String {
+    format!(
+        "ALTER TABLE buildings_building ADD COLUMN bench_col_{k} text;\n\
+         CREATE INDEX buildings_building_bench_col_{k}_idx ON buildings_building (bench_col_{k});\n"
+    )
+}
+
+/// `sql` in `schema`, as one transaction in one message.
+pub(crate) fn in_schema(schema: &str, sql: &str) -> String {
+    format!(
+        "BEGIN;\nSET LOCAL search_path TO {};\n{sql}\nCOMMIT;",
+        quote_ident(schema)
+    )
+}
+
+/// A string as an SQL literal. The floor has to send values inline: bind
+/// parameters need the extended protocol, one message per statement, which
+/// is the round-trip cost the floor leaves out. The values are the bench's
+/// own (schema names, an argon2 hash), never input.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Everything a ready tenant is, as one transaction in one message: its
+/// `tenants_client` row (active at once) and primary domain, the schema
+/// with every tenant migration and their bookkeeping rows, and the admin
+/// user. What the worker's five steps leave behind, minus the provisioning
+/// state and history.
+pub(crate) fn tenant(schema: &str, hash: &str, migrations: &TenantMigrations) -> String {
+    let mut sql = format!(
+        "BEGIN;
+WITH client AS (
+    INSERT INTO public.tenants_client
+        (schema_name, name, paid_until, on_trial, is_active, trial_days, created_on)
+    VALUES ({schema_lit}, {name}, (now() AT TIME ZONE 'UTC')::date + 30, true, true, 30,
+            (now() AT TIME ZONE 'UTC')::date)
+    RETURNING id)
+INSERT INTO public.tenants_domain (domain, tenant_id, is_primary) SELECT {domain}, id, true FROM client;
+CREATE SCHEMA {ident};
+SET LOCAL search_path TO {ident};
+{TENANT_BOOKKEEPING};
+",
+        schema_lit = literal(schema),
+        name = literal(&format!("Bench {schema}")),
+        domain = literal(&fixtures::domain(schema)),
+        ident = quote_ident(schema),
+    );
+    for m in migrations.all() {
+        sql.push_str(&m.sql);
+        sql.push_str(";\n");
+    }
+    let rows: Vec<String> = migrations
+        .all()
+        .iter()
+        .map(|m| format!("({}, {}, {})", m.version, literal(&m.name), literal(&m.checksum)))
+        .collect();
+    sql.push_str(&format!(
+        "INSERT INTO provision_schema_migration (version, name, checksum) VALUES {};
+INSERT INTO users_customuser
+    (password, email, role, is_staff, is_superuser, is_active, email_verified, date_joined)
+VALUES ({}, {}, 'admin', true, true, true, true, now());
+COMMIT;",
+        rows.join(", "),
+        literal(hash),
+        literal(&fixtures::admin_email(schema)),
+    ));
+    sql
+}
+
+/// A dedicated connection, not a pool's: nothing is checked out, reset or
+/// recycled behind the floor's back.
+pub(crate) async fn session(url: &str) -> anyhow::Result<PgConnection> {
+    PgConnection::connect(url)
+        .await
+        .context("connecting a lower-bound session")
+}
+
+/// Runs `sql` on `conn` and returns how long it took.
+pub(crate) async fn time_one(conn: &mut PgConnection, sql: String) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    sqlx::raw_sql(trusted_sql(sql))
+        .execute(&mut *conn)
+        .await
+        .context("lower-bound statement")?;
+    Ok(started.elapsed())
+}
+
+/// How a lower-bound run went: when each item finished, from the start.
+#[derive(Debug)]
+pub(crate) struct SessionsRun {
+    /// Completion times since the start, in order.
+    pub(crate) finished: Vec<Duration>,
+}
+
+impl SessionsRun {
+    /// From the start until the last item finished.
+    pub(crate) fn total(&self) -> Duration {
+        self.finished.last().copied().unwrap_or_default()
+    }
+}
+
+/// Runs `make_sql(item)` for every item on `sessions` dedicated
+/// connections, each taking the next item as soon as it is free (the best
+/// split there is). With `recycle_every`, a session reconnects after that
+/// many items, the cure for per-connection cache growth; the reconnect is
+/// timed with the rest.
+pub(crate) async fn run_on_sessions(
+    url: &str,
+    sessions: usize,
+    items: Vec<String>,
+    label: &str,
+    make_sql: MakeSql,
+    recycle_every: Option<usize>,
+) -> anyhow::Result<SessionsRun> {
+    let total = items.len();
+    let mut conns = Vec::with_capacity(sessions);
+    for _ in 0..sessions.max(1) {
+        conns.push(session(url).await?);
+    }
+    let items = Arc::new(items);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in conns {
+        let (items, next, done, make_sql, url) = (
+            items.clone(),
+            next.clone(),
+            done.clone(),
+            make_sql.clone(),
+            url.to_owned(),
+        );
+        tasks.spawn(async move {
+            let mut finished = Vec::new();
+            let mut since_connect = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else {
+                    conn.close().await.ok();
+                    return Ok::<_, anyhow::Error>(finished);
+                };
+                if recycle_every.is_some_and(|every| since_connect >= every) {
+                    conn.close().await.ok();
+                    conn = session(&url).await?;
+                    since_connect = 0;
+                }
+                sqlx::raw_sql(trusted_sql(make_sql(item)))
+                    .execute(&mut conn)
+                    .await
+                    .with_context(|| format!("lower bound for {item}"))?;
+                since_connect += 1;
+                finished.push(started.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let mut progress = Progress::new(label, total);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut finished = Vec::with_capacity(total);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(result) => finished.extend(result.context("a session panicked")??),
+            },
+            _ = tick.tick() => progress.show(done.load(Ordering::Relaxed)),
+        }
+    }
+    progress.finish(done.load(Ordering::Relaxed));
+    finished.sort();
+    Ok(SessionsRun { finished })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_quoted() {
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn a_tenant_is_one_transaction_with_every_migration() {
+        let migrations = TenantMigrations::embedded();
+        let sql = tenant("b_00001", "argon2$argon2id$x", &migrations);
+        assert!(sql.starts_with("BEGIN;") && sql.ends_with("COMMIT;"));
+        assert!(sql.contains("CREATE SCHEMA \"b_00001\""));
+        assert!(sql.contains("b-00001.bench.newconcierge.app"));
+        for m in migrations.all() {
+            assert!(sql.contains(m.sql.as_str()));
+            assert!(sql.contains(&m.checksum));
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! `provision-bench`: measures migrate-all (issue 3) and provisioning
+//! (issue 6) on a fresh database and Redis namespace of its own, each
+//! figure beside its lower bound measured in the same run, and prints one
+//! table. It asserts no timing: it fails only when something does not
+//! work (a failed schema or tenant, a run that never ends), so CI can run
+//! `all --quick` to keep it from rotting.
+
+mod env;
+mod fixtures;
+mod lower_bound;
+mod migrate_all;
+mod progress;
+mod provision;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use provision_shared::db;
+
+use crate::env::{BenchEnv, Servers};
+use crate::report::{Report, machine_line};
+
+/// Benchmarks of the provisioning system against plain-SQL lower bounds.
+///
+/// Each command creates its own database `provision_bench_<id>` on the
+/// server of --admin-url and its own Redis namespace, and removes both at
+/// the end. Run it in release mode for figures worth reading:
+///
+/// Example: cargo run --release -p provision-bench -- all
+#[derive(Debug, Parser)]
+#[command(name = "provision-bench")]
+struct Cli {
+    /// PostgreSQL URL of a user that may create and drop databases.
+    #[arg(
+        long,
+        global = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    admin_url: String,
+
+    /// Redis URL.
+    #[arg(long, global = true, default_value = db::DEFAULT_REDIS_URL)]
+    redis_url: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Migrate-all over N ready schemas at worker concurrency 1, 4 and 8,
+    /// and a no-op run.
+    ///
+    /// Example: provision-bench migrate-all --schemas 10000
+    MigrateAll(MigrateAllArgs),
+
+    /// Signup-to-ready latency, throughput, memory, and optionally growth.
+    ///
+    /// Example: provision-bench provision --tenants 2000 --growth
+    Provision(ProvisionArgs),
+
+    /// Both, with their defaults, in one table.
+    ///
+    /// Example: provision-bench all --quick
+    All(AllArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct MigrateAllArgs {
+    /// Ready tenants to migrate.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    schemas: u32,
+
+    /// Repetitions of each measurement.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ProvisionArgs {
+    /// Tenants in each throughput run (a backlog pushed before the worker
+    /// starts; at most 5000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    tenants: u32,
+
+    /// Signups in each latency run.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    signups: u32,
+
+    /// Repetitions of each measurement.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+
+    /// Also measure whether the per-tenant time grows over a long drain
+    /// (takes minutes).
+    #[arg(long)]
+    growth: bool,
+
+    /// Tenants of the growth run.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(300..=5000))]
+    growth_tenants: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+struct AllArgs {
+    /// A tiny run (20 schemas, 10 signups, 50 tenants, once) that checks
+    /// the bench still works; its figures mean little.
+    #[arg(long)]
+    quick: bool,
+
+    /// Also run the growth measurement.
+    #[arg(long)]
+    growth: bool,
+}
+
+impl MigrateAllArgs {
+    fn options(&self) -> migrate_all::Options {
+        migrate_all::Options {
+            schemas: self.schemas as usize,
+            repeat: self.repeat as usize,
+        }
+    }
+}
+
+impl ProvisionArgs {
+    fn options(&self) -> provision::Options {
+        provision::Options {
+            tenants: self.tenants as usize,
+            signups: self.signups as usize,
+            repeat: self.repeat as usize,
+            growth: self.growth.then_some(self.growth_tenants as usize),
+        }
+    }
+}
+
+/// One benchmark, on a fresh database of its own.
+#[derive(Debug)]
+enum Part {
+    MigrateAll(migrate_all::Options),
+    Provision(provision::Options),
+}
+
+impl Command {
+    fn parts(&self) -> Vec<Part> {
+        match self {
+            Self::MigrateAll(args) => vec![Part::MigrateAll(args.options())],
+            Self::Provision(args) => vec![Part::Provision(args.options())],
+            Self::All(args) if args.quick => vec![
+                Part::MigrateAll(migrate_all::Options {
+                    schemas: 20,
+                    repeat: 1,
+                }),
+                Part::Provision(provision::Options {
+                    tenants: 50,
+                    signups: 10,
+                    repeat: 1,
+                    growth: args.growth.then_some(300),
+                }),
+            ],
+            Self::All(args) => vec![
+                Part::MigrateAll(migrate_all::Options {
+                    schemas: 1000,
+                    repeat: 3,
+                }),
+                Part::Provision(provision::Options {
+                    tenants: 1000,
+                    signups: 50,
+                    repeat: 3,
+                    growth: args.growth.then_some(5000),
+                }),
+            ],
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::MigrateAll(_) => "migrate-all",
+            Self::Provision(_) => "provision",
+            Self::All(_) => "all",
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let bin_dir = match env::binaries_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let servers = Servers {
+        admin_url: cli.admin_url.clone(),
+        redis_url: cli.redis_url.clone(),
+        bin_dir,
+    };
+    let profile = servers
+        .bin_dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    println!(
+        "provision-bench {} ({profile} build)\nat the start: {}",
+        cli.command.name(),
+        machine_line()
+    );
+    let mut report = Report::default();
+    let mut outcome = Ok(());
+    for part in cli.command.parts() {
+        outcome = measure(&servers, &part, &mut report).await;
+        if outcome.is_err() {
+            break;
+        }
+    }
+    println!();
+    print!("{}", report.table());
+    println!("\nat the end: {}", machine_line());
+    let missed = report.missed();
+    if !missed.is_empty() {
+        println!(
+            "goals missed: {}",
+            missed
+                .iter()
+                .map(|r| r.label.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    match outcome {
+        // A missed goal is a finding, not a failure: the bench exits 0.
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one part on a fresh database and namespace, and removes them
+/// whatever happened, Ctrl-C included (the workers die with their handles).
+async fn measure(servers: &Servers, part: &Part, report: &mut Report) -> anyhow::Result<()> {
+    let env = BenchEnv::create(servers).await?;
+    eprintln!("bench database and Redis namespace: {}", env.name);
+    let outcome = tokio::select! {
+        outcome = async {
+            match part {
+                Part::MigrateAll(options) => migrate_all::run(&env, options, report).await,
+                Part::Provision(options) => provision::run(&env, options, report).await,
+            }
+        } => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    eprintln!("removing database and namespace {}", env.name);
+    env.remove().await;
+    outcome
+}

@@ -1,0 +1,304 @@
+//! `migrate-all` (issue 3): a migrate-all run over N ready schemas with one
+//! real worker process at concurrency 1, 4 and 8, each against the same DDL
+//! applied by as many plain sessions; and a run with nothing to do.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use provision_shared::migrate::TenantMigrations;
+use provision_shared::migrate_all::{RunStart, RunTrigger, run_summary, start_run};
+use provision_shared::password::django_argon2_hash;
+
+use crate::env::{BenchEnv, Worker};
+use crate::fixtures::{self, ACTOR, PASSWORD};
+use crate::lower_bound::{add_column, in_schema, run_on_sessions};
+use crate::progress::Progress;
+use crate::report::{Goal, Report, Samples, Unit, millis};
+
+/// The worker concurrencies (and lower-bound sessions) measured.
+const CONCURRENCIES: [usize; 3] = [1, 4, 8];
+/// How often the run's state is looked at: fine enough for runs of a
+/// second, cheap enough (a primary-key lookup) not to slow them.
+const POLL: Duration = Duration::from_millis(20);
+/// Tasks making the ready tenants: four sessions is where one server of
+/// this size stops getting faster (see postgres-notes.md).
+const SETUP_PARALLEL: usize = 4;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    /// Ready tenants to migrate.
+    pub(crate) schemas: usize,
+    /// Repetitions of each measurement.
+    pub(crate) repeat: usize,
+}
+
+/// Runs the benchmark and adds its rows to `report`.
+pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let n = options.schemas;
+    eprintln!(
+        "== migrate-all: {n} schemas, concurrency {CONCURRENCIES:?}, {} repetition(s)",
+        options.repeat
+    );
+    let hash = django_argon2_hash(PASSWORD);
+    let names = fixtures::names("ma", n);
+    fixtures::make_ready(&env.pool, names.clone(), &hash, SETUP_PARALLEL).await?;
+
+    let dir = env.dir.join("tenant-migrations");
+    write_embedded(&dir)?;
+    let mut version = TenantMigrations::embedded().latest();
+    // Every measurement, system or floor, adds a column of its own, so each
+    // applies exactly one new migration to every schema, on tables that grow
+    // alike for both.
+    let mut column = 0;
+    let mut noop = Samples::default();
+    let mut noop_floor = Samples::default();
+    for concurrency in CONCURRENCIES {
+        let mut system = Samples::default();
+        let mut floor = Samples::default();
+        let mut profiles = Vec::new();
+        for rep in 1..=options.repeat {
+            version += 1;
+            column += 1;
+            let file = dir.join(format!("{version:04}_bench_col_{column}.sql"));
+            std::fs::write(&file, add_column(column))?;
+            let latest = TenantMigrations::from_dir(&dir)?.latest();
+            ensure!(
+                latest == version,
+                "the migrations folder ends at {latest}, not {version}"
+            );
+
+            let mut worker = env.start_worker(concurrency, Some(&dir)).await?;
+            let label = format!("migrate-all c={concurrency} #{rep}: schemas");
+            let (elapsed, run_id) = timed_run(env, &mut worker, version, n, &label).await?;
+            let complaints = worker.complaints();
+            worker.stop().await?;
+            check_all_at(env, version, n).await?;
+            system.push(millis(elapsed));
+            if let Some(profile) = run_profile(env, run_id).await {
+                profiles.push(profile);
+            }
+            if !complaints.is_empty() {
+                report.note(format!(
+                    "migrate-all c={concurrency} #{rep}: the worker logged {} warning(s), first: {}",
+                    complaints.len(),
+                    complaints[0]
+                ));
+            }
+
+            noop.push(millis(timed_noop(env, version, n).await?));
+            noop_floor.push(millis(timed_count_behind(env, version).await?));
+
+            column += 1;
+            let ddl = add_column(column);
+            let floor_run = run_on_sessions(
+                &env.database_url,
+                concurrency,
+                names.clone(),
+                &format!("lower bound c={concurrency} #{rep}: schemas"),
+                Arc::new(move |schema| in_schema(schema, &ddl)),
+                None,
+            )
+            .await?;
+            floor.push(millis(floor_run.total()));
+        }
+        report.row(
+            format!("migrate-all, {n} schemas, concurrency {concurrency}"),
+            Unit::MsForSchemas(n),
+            system,
+            Some(floor),
+            Goal::RatioAtMost(1.5),
+        );
+        if let Some(profile) = median_profile(&profiles) {
+            report.note(format!("migrate-all c={concurrency} (medians): {profile}"));
+        }
+    }
+    report.row(
+        format!("no-op migrate-all, {n} schemas current"),
+        Unit::MsScaledTo10k(n),
+        noop,
+        Some(noop_floor),
+        Goal::AtMost {
+            scale: 10_000.0 / n.max(1) as f64,
+            limit: 2000.0,
+            text: "< 2 s at 10k",
+        },
+    );
+    report.note(
+        "migrate-all lower bound: the same DDL by as many plain sessions as the worker's \
+         concurrency, one transaction per schema in one round trip, no bookkeeping. \
+         No-op lower bound: the one query that finds no schema behind.",
+    );
+    Ok(())
+}
+
+/// Writes the built-in tenant migrations as `NNNN_name.sql` files: the
+/// folder a worker is pointed at, to which each measurement adds one.
+fn write_embedded(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for m in TenantMigrations::embedded().all() {
+        std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql)?;
+    }
+    Ok(())
+}
+
+/// The generous limit for a run over `n` schemas: a run that takes longer
+/// is stuck, not slow.
+fn deadline(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(50) * u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Starts a run to `version` and follows it to its end: the time an
+/// operator waits for `provision migrate --all --wait`. Fails on a failed
+/// schema, a dead worker or a run that never ends.
+async fn timed_run(
+    env: &BenchEnv,
+    worker: &mut Worker,
+    version: i32,
+    n: usize,
+    label: &str,
+) -> anyhow::Result<(Duration, i64)> {
+    let started = Instant::now();
+    let run_id = match start_run(&env.pool, RunTrigger::Operator, ACTOR, version).await? {
+        RunStart::Started(id) => id,
+        other => bail!("expected a new run, found {other:?}"),
+    };
+    let mut progress = Progress::new(label, n);
+    let mut last_summary = Instant::now();
+    loop {
+        let state: String =
+            sqlx::query_scalar("SELECT state FROM public.provision_migration_run WHERE id = $1")
+                .bind(run_id)
+                .fetch_one(&env.pool)
+                .await?;
+        if state == "finished" {
+            let elapsed = started.elapsed();
+            let summary = run_summary(&env.pool, run_id).await?;
+            progress.finish(usize::try_from(summary.done).unwrap_or(0));
+            ensure!(
+                summary.failed == 0,
+                "{} schema(s) failed: {:?}",
+                summary.failed,
+                summary.failures
+            );
+            ensure!(
+                summary.migrated == i64::try_from(n)?,
+                "{} of {n} schemas migrated: {summary:?}",
+                summary.migrated
+            );
+            return Ok((elapsed, run_id));
+        }
+        worker.ensure_alive()?;
+        if started.elapsed() > deadline(n) {
+            let summary = run_summary(&env.pool, run_id).await?;
+            bail!("the run did not finish in {:?}: {summary:?}", deadline(n));
+        }
+        if last_summary.elapsed() >= Duration::from_secs(1) {
+            let summary = run_summary(&env.pool, run_id).await?;
+            progress.show(usize::try_from(summary.done).unwrap_or(0));
+            last_summary = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A run when every schema is current, timed the same way: one statement
+/// that finds nothing behind and finishes the run at once.
+async fn timed_noop(env: &BenchEnv, version: i32, n: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let run_id = match start_run(&env.pool, RunTrigger::Operator, ACTOR, version).await? {
+        RunStart::Started(id) => id,
+        other => bail!("expected a new run, found {other:?}"),
+    };
+    loop {
+        let summary = run_summary(&env.pool, run_id).await?;
+        if summary.state == "finished" {
+            let elapsed = started.elapsed();
+            ensure!(
+                summary.total == 0 && summary.already_current == i64::try_from(n)?,
+                "the no-op run had work: {summary:?}"
+            );
+            return Ok(elapsed);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the no-op run did not finish: {summary:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The floor of a no-op run: the one query that says nothing is behind.
+async fn timed_count_behind(env: &BenchEnv, version: i32) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let behind: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM public.provision_tenant WHERE state = 'ready' AND schema_version < $1",
+    )
+    .bind(version)
+    .fetch_one(&env.pool)
+    .await?;
+    let elapsed = started.elapsed();
+    ensure!(behind == 0, "{behind} schemas are behind");
+    Ok(elapsed)
+}
+
+/// Checks that every tenant records `version`: the run did what it said.
+async fn check_all_at(env: &BenchEnv, version: i32, n: usize) -> anyhow::Result<()> {
+    let at: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.provision_tenant WHERE schema_version = $1")
+            .bind(version)
+            .fetch_one(&env.pool)
+            .await
+            .context("checking schema versions")?;
+    ensure!(
+        at == i64::try_from(n)?,
+        "{at} of {n} tenants are at migration {version}"
+    );
+    Ok(())
+}
+
+/// Where a run's time went, from the server's clock: until the first
+/// schema was handed to the queue (dispatch), until the first was done
+/// (queue pick-up), and from the first done to the last.
+#[derive(Debug, Clone, Copy)]
+struct RunProfile {
+    to_first_queued: f64,
+    to_first_done: f64,
+    first_to_last_done: f64,
+}
+
+/// The profile of run `run_id`, or `None` if it cannot be read (the
+/// schema of these tables may have moved on; the figures stand anyway).
+async fn run_profile(env: &BenchEnv, run_id: i64) -> Option<RunProfile> {
+    let row: (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT extract(epoch FROM min(s.queued_at) - r.started_at)::float8 * 1000,
+                extract(epoch FROM min(s.updated_at) - r.started_at)::float8 * 1000,
+                extract(epoch FROM max(s.updated_at) - min(s.updated_at))::float8 * 1000
+         FROM public.provision_migration_run r
+         JOIN public.provision_migration_run_schema s ON s.run_id = r.id
+         WHERE r.id = $1 GROUP BY r.started_at",
+    )
+    .bind(run_id)
+    .fetch_one(&env.pool)
+    .await
+    .ok()?;
+    Some(RunProfile {
+        to_first_queued: row.0?,
+        to_first_done: row.1?,
+        first_to_last_done: row.2?,
+    })
+}
+
+fn median_profile(profiles: &[RunProfile]) -> Option<String> {
+    if profiles.is_empty() {
+        return None;
+    }
+    let median = |f: fn(&RunProfile) -> f64| Samples::new(profiles.iter().map(f).collect()).median();
+    Some(format!(
+        "start → first schema queued {:.0} ms, → first schema done {:.0} ms, first → last done {:.0} ms",
+        median(|p| p.to_first_queued),
+        median(|p| p.to_first_done),
+        median(|p| p.first_to_last_done),
+    ))
+}
