@@ -239,7 +239,8 @@ pub enum JobOutcome {
     /// Nothing to do: the tenant was already in this final state (a
     /// duplicate or late job).
     AlreadyFinal(TenantState),
-    /// Another job holds the tenant right now and will carry it on.
+    /// Another job holds the tenant right now; this one was pushed again to
+    /// look a little later.
     Busy,
     /// Stopped after the number of steps asked for, in this state (tests
     /// step a provisioning this way).
@@ -338,6 +339,13 @@ pub async fn run_create_tenant_steps<S: JobSink>(
 ) -> Result<JobOutcome, ProvisionError> {
     validate::schema_name(schema_name)?;
     let Some(mut lock) = TenantLock::try_acquire(env.pool, "tenant", schema_name).await? else {
+        // Another job holds the tenant. It is most likely alive and will
+        // finish; but its process may be dying with the lock not yet
+        // released, so look again shortly rather than trust it. A duplicate
+        // job ends for good once the tenant is ready.
+        let mut again = JobRequest::now(JobKind::CreateTenant, schema_name);
+        again.delay_ms = 2000 + retry_delay_ms(1);
+        env.sink.push(again).await?;
         return Ok(JobOutcome::Busy);
     };
     let outcome = drive_steps(env, lock.conn(), schema_name, max_steps).await;

@@ -13,7 +13,7 @@ use provision_shared::migrate::apply_public_migrations;
 use sqlx::{Connection, PgPool};
 
 /// The server the tests use, without a database name.
-fn admin_database_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("TEST_DATABASE_ADMIN_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
@@ -100,6 +100,27 @@ impl Worker {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn child_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The address its /metrics and /healthz are served on.
+    pub fn metrics_addr(&self) -> String {
+        let log = self.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .expect("the worker serves metrics");
+        let at = line.find("addr=").expect("addr field") + 5;
+        line[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .trim_matches('"')
+            .to_owned()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -146,7 +167,10 @@ pub struct TestEnv {
     pub pool: PgPool,
     /// Extra environment for every binary this test runs.
     pub env: Vec<(String, String)>,
+    /// Redis this test's binaries use.
+    pub redis_url: String,
     db_name: String,
+    admin_url: String,
     dir: PathBuf,
     roles: Vec<String>,
 }
@@ -164,9 +188,23 @@ impl TestEnv {
 
     /// A new, empty database (nothing applied) and namespace.
     pub async fn new_without_migrations(label: &str) -> Self {
+        Self::new_on(label, &admin_url(), &redis_url()).await
+    }
+
+    /// A new database with public migrations on the server of `admin_url`,
+    /// and a namespace on the Redis of `redis`.
+    pub async fn new_on_servers(label: &str, admin_url: &str, redis: &str) -> Self {
+        let env = Self::new_on(label, admin_url, redis).await;
+        apply_public_migrations(&env.pool)
+            .await
+            .expect("public migrations");
+        env
+    }
+
+    async fn new_on(label: &str, admin_url: &str, redis: &str) -> Self {
         let suffix = ulid::Ulid::generate().to_string().to_lowercase();
         let id = format!("pt_{label}_{}", &suffix[suffix.len() - 10..]);
-        let admin_url = admin_database_url();
+        let admin_url = admin_url.to_owned();
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
             .expect("connect to PostgreSQL");
@@ -188,6 +226,8 @@ impl TestEnv {
             database_url,
             pool,
             env: Vec::new(),
+            redis_url: redis.to_owned(),
+            admin_url,
             dir,
             roles: Vec::new(),
         }
@@ -230,7 +270,7 @@ impl TestEnv {
     fn env_vars(&self) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), self.database_url.clone()),
-            ("REDIS_URL".into(), redis_url()),
+            ("REDIS_URL".into(), self.redis_url.clone()),
             ("PROVISION_NAMESPACE".into(), self.namespace.clone()),
             ("PROVISION_BASE_DOMAIN".into(), "newconcierge.app".into()),
             ("RUST_LOG".into(), "info".into()),
@@ -401,14 +441,21 @@ impl TestEnv {
     }
 
     /// Removes the database and the Redis keys of this test.
-    fn cleanup(db_name: String, namespace: String, dir: PathBuf, roles: Vec<String>) {
+    fn cleanup(&self) {
+        let (db_name, namespace, dir, roles) = (
+            self.db_name.clone(),
+            self.namespace.clone(),
+            self.dir.clone(),
+            self.roles.clone(),
+        );
+        let (admin_url, redis) = (self.admin_url.clone(), self.redis_url.clone());
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_database_url()).await {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
                     )))
@@ -420,7 +467,7 @@ impl TestEnv {
                             .await;
                     }
                 }
-                if let Ok(client) = redis::Client::open(redis_url())
+                if let Ok(client) = redis::Client::open(redis)
                     && let Ok(mut conn) = client.get_multiplexed_async_connection().await
                 {
                     let keys: Vec<String> = redis::cmd("KEYS")
@@ -441,12 +488,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
-        Self::cleanup(
-            self.db_name.clone(),
-            self.namespace.clone(),
-            self.dir.clone(),
-            self.roles.clone(),
-        );
+        self.cleanup();
     }
 }
 

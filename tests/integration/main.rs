@@ -7,5 +7,8 @@
 mod helpers;
 mod input;
 mod migrations;
+mod observability;
 mod operators;
 mod provisioning;
+mod resilience;
+mod servers;

@@ -16,7 +16,7 @@ use provision_shared::operator::record_rejected_job;
 use provision_shared::provision::{
     JobEnv, JobOutcome, SeedOutcome, mark_demo_data_failed, run_create_tenant, run_seed_demo_data,
 };
-use provision_shared::{ProvisionError, TenantState};
+use provision_shared::{ProvisionError, TenantState, validate};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -42,18 +42,51 @@ pub struct WorkerState {
     pub metrics: Arc<Metrics>,
 }
 
+/// What every payload carries.
+trait Payload {
+    fn schema_name(&self) -> &str;
+}
+
+impl Payload for CreateTenant {
+    fn schema_name(&self) -> &str {
+        &self.schema_name
+    }
+}
+
+impl Payload for SeedDemoData {
+    fn schema_name(&self) -> &str {
+        &self.schema_name
+    }
+}
+
+impl Payload for MigrateSchema {
+    fn schema_name(&self) -> &str {
+        &self.schema_name
+    }
+}
+
 /// The handlers' shared state, as apalis hands it over.
 pub type State = Data<Arc<WorkerState>>;
 
 /// Parses a payload; one that does not parse is set aside in
 /// `provision_rejected_job` and ends its job without a retry.
-async fn parse<T: DeserializeOwned>(
+async fn parse<T: DeserializeOwned + Payload>(
     state: &WorkerState,
     kind: JobKind,
     id: &TaskId,
     args: Value,
 ) -> Result<Option<T>, BoxDynError> {
-    match serde_json::from_value::<T>(args.clone()) {
+    let parsed = serde_json::from_value::<T>(args.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|job| {
+            // A payload naming an impossible schema is as unreadable as one
+            // that does not parse: no handler may touch it.
+            match validate::schema_name(job.schema_name()) {
+                Ok(()) => Ok(job),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    match parsed {
         Ok(job) => Ok(Some(job)),
         Err(e) => {
             let queue = kind.queue(state.queue.namespace());
@@ -63,7 +96,7 @@ async fn parse<T: DeserializeOwned>(
                 &queue,
                 &id.to_string(),
                 &args.to_string(),
-                &e.to_string(),
+                &e,
                 &state.name,
             )
             .await?;
@@ -214,9 +247,6 @@ pub async fn migrate_schema_job(
         delivery = attempt.current()
     );
     async {
-        if let Err(e) = provision_shared::validate::schema_name(&job.schema_name) {
-            return Err(escape(e.into()));
-        }
         if let Some(run_id) = job.run_id {
             let outcome = migrate_run_schema(
                 &state.pool,

@@ -38,10 +38,10 @@ pub async fn run(state: Arc<WorkerState>, stale_after: Duration, mut stop: watch
             Ok(n) => tracing::debug!(jobs = n, "dispatched migrate-all jobs"),
             Err(e) => tracing::warn!(error = %e, "dispatching migrate-all jobs failed; trying again"),
         }
-        if ticks % 10 == 1 {
-            if let Err(e) = requeue_owed(&state, stale_after).await {
-                tracing::warn!(error = %e, "re-queuing owed jobs failed; trying again");
-            }
+        if ticks % 10 == 1
+            && let Err(e) = requeue_owed(&state, stale_after).await
+        {
+            tracing::warn!(error = %e, "re-queuing owed jobs failed; trying again");
         }
         if ticks % 20 == 2 {
             for kind in JobKind::ALL {

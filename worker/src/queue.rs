@@ -135,16 +135,26 @@ impl RedisQueue {
         Ok(waiting + scheduled)
     }
 
-    /// Seconds since the last heartbeat of worker `name` on `kind`'s queue.
+    /// Seconds since the last heartbeat of process `name`'s loop of `kind`.
     pub async fn heartbeat_age(&self, kind: JobKind, name: &str) -> Result<Option<f64>, ProvisionError> {
         let config = queue_config(&self.namespace, kind);
         let mut conn = self.conn.clone();
-        let score: Option<f64> = redis::cmd("ZSCORE")
+        let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(config.workers_set())
-            .arg(format!("{name}/{}", kind.name()))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
             .query_async(&mut conn)
             .await
             .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        // The loop restarted after a death has a suffixed name: take the
+        // newest heartbeat of any of this process's loops of `kind`.
+        let prefix = format!("{name}/{}", kind.name());
+        let score = members
+            .into_iter()
+            .filter(|(member, _)| member.starts_with(&prefix))
+            .map(|(_, score)| score)
+            .reduce(f64::max);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -176,6 +186,123 @@ impl RedisQueue {
             .await
             .map_err(|e| ProvisionError::Queue(e.to_string()))?;
         Ok(ids.len())
+    }
+
+    /// Looks at the jobs a dead job loop of `kind` held (named
+    /// `worker_name`): readable ones go back to the queue at once; ones the
+    /// library cannot read (no metadata, no data, data that is not JSON),
+    /// which would kill every loop that takes them, are set aside in
+    /// `provision_rejected_job` and removed. Returns (returned, set aside).
+    pub async fn quarantine_inflight(
+        &self,
+        kind: JobKind,
+        worker_name: &str,
+        pool: &sqlx::PgPool,
+        actor: &str,
+    ) -> Result<(usize, usize), ProvisionError> {
+        use std::str::FromStr;
+        let config = queue_config(&self.namespace, kind);
+        let inflight = format!("{}:{worker_name}", config.inflight_jobs_set());
+        let queue_err = |e: redis::RedisError| ProvisionError::Queue(e.to_string());
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&inflight)
+            .query_async(&mut conn)
+            .await
+            .map_err(queue_err)?;
+        let (mut returned, mut rejected) = (0, 0);
+        for id in ids {
+            let meta_key = format!("{}:{id}", config.job_meta_hash());
+            let (data, meta): (Option<Vec<u8>>, Vec<Option<String>>) = redis::pipe()
+                .cmd("HGET")
+                .arg(config.job_data_hash())
+                .arg(&id)
+                .cmd("HMGET")
+                .arg(&meta_key)
+                .arg("attempts")
+                .arg("max_attempts")
+                .arg("status")
+                .query_async(&mut conn)
+                .await
+                .map_err(queue_err)?;
+            let problem = if TaskId::from_str(&id).is_err() {
+                Some("its id is not a task id")
+            } else if meta
+                .first()
+                .and_then(|a| a.as_deref())
+                .and_then(|a| a.parse::<u32>().ok())
+                .is_none()
+                || meta
+                    .get(1)
+                    .and_then(|a| a.as_deref())
+                    .and_then(|a| a.parse::<u32>().ok())
+                    .is_none()
+                || meta
+                    .get(2)
+                    .and_then(|a| a.as_deref())
+                    .and_then(|a| apalis_core::task::status::Status::from_str(a).ok())
+                    .is_none()
+            {
+                Some("its metadata (attempts, max_attempts, status) is missing or unreadable")
+            } else {
+                match &data {
+                    None => Some("it has no payload"),
+                    Some(bytes) if serde_json::from_slice::<Value>(bytes).is_err() => {
+                        Some("its payload is not JSON")
+                    }
+                    Some(_) => None,
+                }
+            };
+            match problem {
+                None => {
+                    redis::pipe()
+                        .cmd("SREM")
+                        .arg(&inflight)
+                        .arg(&id)
+                        .ignore()
+                        .cmd("RPUSH")
+                        .arg(config.active_jobs_list())
+                        .arg(&id)
+                        .ignore()
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(queue_err)?;
+                    returned += 1;
+                }
+                Some(problem) => {
+                    let payload = data
+                        .map(|d| String::from_utf8_lossy(&d).into_owned())
+                        .unwrap_or_default();
+                    provision_shared::operator::record_rejected_job(
+                        pool,
+                        &kind.queue(&self.namespace),
+                        &id,
+                        &payload,
+                        &format!("unreadable job, set aside: {problem}"),
+                        actor,
+                    )
+                    .await?;
+                    redis::pipe()
+                        .cmd("SREM")
+                        .arg(&inflight)
+                        .arg(&id)
+                        .ignore()
+                        .cmd("HDEL")
+                        .arg(config.job_data_hash())
+                        .arg(&id)
+                        .ignore()
+                        .cmd("DEL")
+                        .arg(&meta_key)
+                        .ignore()
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(queue_err)?;
+                    tracing::error!(job_id = %id, queue = kind.name(), problem, "set aside a job the queue library cannot read");
+                    rejected += 1;
+                }
+            }
+        }
+        Ok((returned, rejected))
     }
 
     /// Workers of `kind`'s queue whose last heartbeat (seconds since the

@@ -10,9 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use apalis::prelude::WorkerBuilderExt;
 use apalis_core::worker::builder::WorkerBuilder;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use provision_shared::db;
 use provision_shared::jobs::JobKind;
 use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
+use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
 use apalis_cron::CronScheduler;
@@ -21,6 +24,100 @@ use crate::handlers::{self, WorkerState};
 use crate::metrics::{self, Metrics};
 use crate::queue::{RedisQueue, storage};
 use crate::{maintenance, schedule};
+
+/// A job loop dying more than this many times within [`LOOP_DEATH_WINDOW`]
+/// stops the process (exit 1), for its supervisor to restart. With the
+/// restart backoff (0.5 s doubling to 10 s) that rides out about 45 s of a
+/// Redis outage.
+const MAX_LOOP_DEATHS: usize = 8;
+/// See [`MAX_LOOP_DEATHS`].
+const LOOP_DEATH_WINDOW: Duration = Duration::from_secs(120);
+
+/// One apalis worker of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Loop {
+    /// The worker of a job queue.
+    Queue(JobKind),
+    /// The nightly migrate-all schedule.
+    Cron,
+}
+
+impl std::fmt::Display for Loop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Queue(kind) => f.write_str(kind.name()),
+            Self::Cron => f.write_str("cron"),
+        }
+    }
+}
+
+/// The apalis name of a job loop: unique per process and per restart, as
+/// the library's orphan recovery tells workers apart by name.
+fn loop_name(process: &str, job_loop: Loop, generation: u32) -> String {
+    match generation {
+        0 => format!("{process}/{job_loop}"),
+        g => format!("{process}/{job_loop}.{g}"),
+    }
+}
+
+/// What starting a job loop needs.
+struct JobLoops {
+    state: Arc<WorkerState>,
+    concurrency: usize,
+    schedule: Option<cron::Schedule>,
+    stop: watch::Receiver<bool>,
+}
+
+type LoopEnd = (Loop, u32, Result<(), String>);
+
+impl JobLoops {
+    /// Runs one apalis worker until the stop signal; returns how it ended.
+    fn run(&self, job_loop: Loop, generation: u32) -> BoxFuture<'static, LoopEnd> {
+        let name = loop_name(&self.state.name, job_loop, generation);
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+            Ok::<(), std::io::Error>(())
+        };
+        let conn = self.state.queue.connection();
+        let ns = self.state.queue.namespace().to_owned();
+        let state = self.state.clone();
+        let ended = match job_loop {
+            Loop::Queue(JobKind::CreateTenant) => WorkerBuilder::new(name)
+                .backend(storage(conn, &ns, JobKind::CreateTenant))
+                .concurrency(self.concurrency)
+                .data(state)
+                .build(handlers::create_tenant)
+                .run_until(stopped)
+                .boxed(),
+            Loop::Queue(JobKind::SeedDemoData) => WorkerBuilder::new(name)
+                .backend(storage(conn, &ns, JobKind::SeedDemoData))
+                .concurrency(self.concurrency)
+                .data(state)
+                .build(handlers::seed_demo_data)
+                .run_until(stopped)
+                .boxed(),
+            Loop::Queue(JobKind::MigrateSchema) => WorkerBuilder::new(name)
+                .backend(storage(conn, &ns, JobKind::MigrateSchema))
+                .concurrency(self.concurrency)
+                .data(state)
+                .build(handlers::migrate_schema_job)
+                .run_until(stopped)
+                .boxed(),
+            Loop::Cron => WorkerBuilder::new(name)
+                .backend(CronScheduler::new(
+                    self.schedule.clone().expect("cron loop needs a schedule"),
+                ))
+                .data(state)
+                .build(schedule::on_tick)
+                .run_until(stopped)
+                .boxed(),
+        };
+        ended
+            .map(move |result| (job_loop, generation, result.map_err(|e| e.to_string())))
+            .boxed()
+    }
+}
 
 /// Everything the worker is told at start.
 #[derive(Debug, Clone)]
@@ -126,45 +223,21 @@ pub async fn run_worker(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-        Ok::<(), std::io::Error>(())
+    let loops = JobLoops {
+        state: state.clone(),
+        concurrency: settings.concurrency,
+        schedule: settings.migrate_all_cron.clone(),
+        stop: stop_rx.clone(),
     };
-    let conn = queue.connection();
-    let ns = settings.namespace.as_str();
-    let create = WorkerBuilder::new(format!("{name}/{}", JobKind::CreateTenant.name()))
-        .backend(storage(conn.clone(), ns, JobKind::CreateTenant))
-        .concurrency(settings.concurrency)
-        .data(state.clone())
-        .build(handlers::create_tenant)
-        .run_until(stopped(stop_rx.clone()));
-    let seed = WorkerBuilder::new(format!("{name}/{}", JobKind::SeedDemoData.name()))
-        .backend(storage(conn.clone(), ns, JobKind::SeedDemoData))
-        .concurrency(settings.concurrency)
-        .data(state.clone())
-        .build(handlers::seed_demo_data)
-        .run_until(stopped(stop_rx.clone()));
-    let migrate = WorkerBuilder::new(format!("{name}/{}", JobKind::MigrateSchema.name()))
-        .backend(storage(conn.clone(), ns, JobKind::MigrateSchema))
-        .concurrency(settings.concurrency)
-        .data(state.clone())
-        .build(handlers::migrate_schema_job)
-        .run_until(stopped(stop_rx.clone()));
-
     let mut workers = tokio::task::JoinSet::new();
-    workers.spawn(async move { ("create_tenant", create.await) });
-    workers.spawn(async move { ("seed_demo_data", seed.await) });
-    workers.spawn(async move { ("migrate_schema", migrate.await) });
-    if let Some(schedule) = settings.migrate_all_cron.clone() {
-        if let Err(e) = schedule::catch_up(&state, &schedule).await {
+    for kind in JobKind::ALL {
+        workers.spawn(loops.run(Loop::Queue(kind), 0));
+    }
+    if let Some(schedule) = &settings.migrate_all_cron {
+        if let Err(e) = schedule::catch_up(&state, schedule).await {
             tracing::warn!(error = %e, "could not check for a missed migrate-all tick");
         }
-        let cron = WorkerBuilder::new(format!("{name}/cron"))
-            .backend(CronScheduler::new(schedule))
-            .data(state.clone())
-            .build(schedule::on_tick)
-            .run_until(stopped(stop_rx.clone()));
-        workers.spawn(async move { ("migrate_all_cron", cron.await) });
+        workers.spawn(loops.run(Loop::Cron, 0));
     }
     let maintenance = tokio::spawn(maintenance::run(
         state.clone(),
@@ -176,6 +249,7 @@ pub async fn run_worker(
     let stop = tokio::spawn(stop);
     let mut stopping = false;
     let mut failure = None;
+    let mut deaths: std::collections::HashMap<Loop, Vec<tokio::time::Instant>> = Default::default();
     // Far in the future until a stop begins; then the end of the grace period.
     let grace_over = tokio::time::sleep(Duration::from_secs(u64::from(u32::MAX)));
     tokio::pin!(stop);
@@ -195,34 +269,63 @@ pub async fn run_worker(
                 workers.abort_all();
                 break;
             }
-            joined = workers.join_next() => match joined {
-                None => break,
-                Some(Ok((queue_name, Ok(())))) if stopping => {
-                    tracing::info!(queue = queue_name, "worker stopped");
+            joined = workers.join_next() => {
+                let (job_loop, generation, result) = match joined {
+                    None => break,
+                    Some(Ok(ended)) => ended,
+                    Some(Err(e)) => {
+                        settings.metrics.loops_alive.store(false, Ordering::SeqCst);
+                        failure.get_or_insert(format!("a job loop panicked: {e}"));
+                        stopping = true;
+                        grace_over.as_mut().reset(tokio::time::Instant::now() + settings.shutdown_grace);
+                        let _ = stop_tx.send(true);
+                        continue;
+                    }
+                };
+                if stopping {
+                    if let Err(e) = result {
+                        tracing::warn!(job_loop = %job_loop, error = %e, "job loop ended with an error while stopping");
+                    }
+                    continue;
                 }
-                Some(Ok((queue_name, result))) => {
-                    let message = match result {
-                        Ok(()) => format!("the {queue_name} worker stopped by itself"),
-                        Err(e) => format!("the {queue_name} worker died: {e}"),
-                    };
-                    tracing::error!(queue = queue_name, "{message}");
-                    settings.metrics.loops_alive.store(false, std::sync::atomic::Ordering::SeqCst);
+                let why = result.err().unwrap_or_else(|| "it stopped by itself".into());
+                // A job loop dies when Redis goes away or loses its
+                // registration (restarted empty), or when a job in it cannot
+                // be read at all. Set such jobs aside and start the loop
+                // again under a new name, backing off; dying too often means
+                // something is wrong for good: exit for the supervisor.
+                let now = tokio::time::Instant::now();
+                let deaths = deaths.entry(job_loop).or_default();
+                deaths.retain(|t| now.duration_since(*t) < LOOP_DEATH_WINDOW);
+                deaths.push(now);
+                if deaths.len() > MAX_LOOP_DEATHS {
+                    let message = format!(
+                        "the {job_loop} job loop died {} times within {} s; last: {why}",
+                        deaths.len(),
+                        LOOP_DEATH_WINDOW.as_secs()
+                    );
+                    tracing::error!("{message}");
+                    settings.metrics.loops_alive.store(false, Ordering::SeqCst);
                     failure.get_or_insert(message);
-                    if !stopping {
-                        stopping = true;
-                        grace_over.as_mut().reset(tokio::time::Instant::now() + settings.shutdown_grace);
-                        let _ = stop_tx.send(true);
+                    stopping = true;
+                    grace_over.as_mut().reset(tokio::time::Instant::now() + settings.shutdown_grace);
+                    let _ = stop_tx.send(true);
+                    continue;
+                }
+                let backoff = Duration::from_millis(500 * (1 << (deaths.len() - 1).min(5))).min(Duration::from_secs(10));
+                tracing::warn!(job_loop = %job_loop, error = %why, restart_in_ms = backoff.as_millis() as u64, "job loop died; restarting it");
+                if let Loop::Queue(kind) = job_loop {
+                    let dead_name = loop_name(&name, job_loop, generation);
+                    match queue.quarantine_inflight(kind, &dead_name, &state.pool, &name).await {
+                        Ok((returned, rejected)) => tracing::info!(returned, rejected, "jobs of the dead loop returned to the queue or set aside"),
+                        Err(e) => tracing::warn!(error = %e, "could not look at the dead loop's jobs"),
                     }
                 }
-                Some(Err(e)) => {
-                    settings.metrics.loops_alive.store(false, std::sync::atomic::Ordering::SeqCst);
-                    failure.get_or_insert(format!("a worker task panicked: {e}"));
-                    if !stopping {
-                        stopping = true;
-                        grace_over.as_mut().reset(tokio::time::Instant::now() + settings.shutdown_grace);
-                        let _ = stop_tx.send(true);
-                    }
-                }
+                let restart = loops.run(job_loop, generation + 1);
+                workers.spawn(async move {
+                    tokio::time::sleep(backoff).await;
+                    restart.await
+                });
             }
         }
     }

@@ -1,0 +1,418 @@
+//! Nothing lost, nothing twice: poison jobs, duplicate delivery, shutdown,
+//! Redis and PostgreSQL going away, transient errors, least privilege,
+//! workers killed at random.
+
+use std::time::{Duration, Instant};
+
+use apalis_core::backend::TaskSink;
+use provision_shared::jobs::JobKind;
+use provision_worker::queue::{RedisQueue, storage};
+
+use crate::helpers::{TestEnv, guide_tenant_args, strs};
+use crate::servers::{PrivatePostgres, PrivateRedis};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn request_tenant(env: &TestEnv, schema: &str) {
+    let mut args = guide_tenant_args(schema);
+    args.extend([
+        "--admin-password".into(),
+        "a-long-password".into(),
+        "--skip-demo-data".into(),
+    ]);
+    env.provision(&strs(&args)).expect_code(0);
+}
+
+/// A tenant migration 0002 that takes `seconds`, so steps are in flight
+/// long enough to interfere with.
+fn slow_migrations(env: &mut TestEnv, seconds: f64) {
+    let dir = env.dir().join("slow-migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    for m in provision_shared::migrate::TenantMigrations::embedded().all() {
+        std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql).unwrap();
+    }
+    std::fs::write(
+        dir.join("0002_slow.sql"),
+        format!("SELECT pg_sleep({seconds});\nALTER TABLE buildings_building ADD COLUMN notes text;"),
+    )
+    .unwrap();
+    env.set_env("PROVISION_TENANT_MIGRATIONS_DIR", dir.to_str().unwrap());
+}
+
+async fn state_of(env: &TestEnv, schema: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM provision_tenant WHERE schema_name = $1")
+        .bind(schema)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+}
+
+async fn wait_all_ready(env: &TestEnv, names: &[String], timeout: Duration) {
+    for name in names {
+        env.wait_for_state(name, "ready", timeout).await;
+    }
+}
+
+/// Each tenant has one client row, one domain, one schema, one admin.
+async fn assert_made_once(env: &TestEnv, names: &[String]) {
+    for schema in names {
+        let (clients, domains, schemas): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM tenants_client WHERE schema_name = $1),
+                    (SELECT count(*) FROM tenants_domain d JOIN tenants_client c ON c.id = d.tenant_id
+                      WHERE c.schema_name = $1 AND d.is_primary),
+                    (SELECT count(*) FROM pg_namespace WHERE nspname = $1)",
+        )
+        .bind(schema)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        let admins: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{schema}\".users_customuser WHERE role = 'admin'"
+        )))
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!((clients, domains, schemas, admins), (1, 1, 1, 1), "{schema}");
+        let steps: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM provision_event
+             WHERE schema_name = $1 AND to_state <> 'failed' AND from_state IS DISTINCT FROM to_state",
+        )
+        .bind(schema)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!(steps, 6, "{schema}: a step ran twice with effect");
+    }
+}
+
+#[tokio::test]
+async fn poison_jobs_are_set_aside_and_never_stop_the_worker() {
+    let env = TestEnv::new("poison").await;
+    let worker = env.start_worker(&[]).await;
+    let queue = RedisQueue::connect(&env.redis_url, &env.namespace).await.unwrap();
+    // A payload of another shape, pushed through the library (an older version, say).
+    let mut create = storage(queue.connection(), &env.namespace, JobKind::CreateTenant);
+    create
+        .push(serde_json::json!({"schema": "theo", "version": 0}))
+        .await
+        .unwrap();
+    // A job pushed by hand, which the library itself cannot read.
+    let mut conn = queue.connection();
+    let config = provision_worker::queue::queue_config(&env.namespace, JobKind::CreateTenant);
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(config.job_data_hash())
+        .arg("01M8JZZZZZZZZZZZZZZZZZZZZZ")
+        .arg("not json {")
+        .cmd("RPUSH")
+        .arg(config.active_jobs_list())
+        .arg("01M8JZZZZZZZZZZZZZZZZZZZZZ")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let rejected: Vec<(String, String)> =
+            sqlx::query_as("SELECT job_id, error FROM provision_rejected_job ORDER BY id")
+                .fetch_all(&env.pool)
+                .await
+                .unwrap();
+        if rejected.len() == 2 {
+            assert!(
+                rejected
+                    .iter()
+                    .any(|(_, e)| e.contains("unknown field") || e.contains("missing field"))
+            );
+            assert!(
+                rejected
+                    .iter()
+                    .any(|(id, e)| id == "01M8JZZZZZZZZZZZZZZZZZZZZZ" && e.contains("unreadable"))
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "poison jobs not set aside: {rejected:?}\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The worker still takes jobs.
+    request_tenant(&env, "after_poison");
+    env.wait_for_state("after_poison", "ready", WAIT).await;
+    assert!(!worker.log_text().contains("died") || worker.log_text().contains("restarting it"));
+}
+
+#[tokio::test]
+async fn a_job_delivered_to_two_workers_at_once_has_the_effect_of_one() {
+    let env = TestEnv::new("dupdeliver").await;
+    let names: Vec<String> = (0..5).map(|i| format!("dup_{i}")).collect();
+    let queue = RedisQueue::connect(&env.redis_url, &env.namespace).await.unwrap();
+    let config = provision_worker::queue::queue_config(&env.namespace, JobKind::CreateTenant);
+    let mut conn = queue.connection();
+    for name in &names {
+        request_tenant(&env, name);
+        // The same job id twice in the list: two workers take it at once.
+        let job_id: String = sqlx::query_scalar("SELECT job_id FROM provision_tenant WHERE schema_name = $1")
+            .bind(name)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("RPUSH")
+            .arg(config.active_jobs_list())
+            .arg(&job_id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _a = env.start_worker(&[]).await;
+    let _b = env.start_worker(&[]).await;
+    wait_all_ready(&env, &names, WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_made_once(&env, &names).await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_running_step_finish_and_exits_0() {
+    let mut env = TestEnv::new("graceful").await;
+    slow_migrations(&mut env, 3.0);
+    let mut worker = env.start_worker(&[]).await;
+    request_tenant(&env, "graceful");
+    env.wait_for_state("graceful", "schema_created", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.signal("TERM");
+    assert_eq!(
+        worker.wait_exit(Duration::from_secs(30)).await,
+        Some(0),
+        "{}",
+        worker.log_text()
+    );
+    let state = state_of(&env, "graceful").await.unwrap();
+    assert!(
+        ["migrated", "admin_created", "ready"].contains(&state.as_str()),
+        "the running step was cut short: {state}\n{}",
+        worker.log_text()
+    );
+}
+
+#[tokio::test]
+async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
+    let mut env = TestEnv::new("grace").await;
+    slow_migrations(&mut env, 6.0);
+    let mut first = env.start_worker(&[("PROVISION_SHUTDOWN_GRACE", "1s")]).await;
+    request_tenant(&env, "abandoned");
+    env.wait_for_state("abandoned", "schema_created", WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop_started = Instant::now();
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(20)).await, Some(0));
+    assert!(
+        stop_started.elapsed() < Duration::from_secs(5),
+        "the grace period was not kept"
+    );
+    assert!(
+        first.log_text().contains("grace period over"),
+        "{}",
+        first.log_text()
+    );
+    assert_eq!(
+        state_of(&env, "abandoned").await.as_deref(),
+        Some("schema_created")
+    );
+    // Another worker takes the orphaned job over (no reconciler: 120 s).
+    let second = env.start_worker(&[]).await;
+    let taken_over = Instant::now();
+    while state_of(&env, "abandoned").await.as_deref() != Some("ready") {
+        assert!(
+            taken_over.elapsed() < WAIT,
+            "not taken over.\nfirst:\n{}\nsecond:\n{}\nredis: {:?}",
+            first.log_text(),
+            second.log_text(),
+            env.redis_dump().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("taken over and finished in {:?}", taken_over.elapsed());
+    assert_made_once(&env, &["abandoned".to_owned()]).await;
+}
+
+#[tokio::test]
+async fn redis_emptied_while_tenants_are_in_flight_still_gets_every_tenant_ready() {
+    let mut redis = PrivateRedis::start();
+    let mut env = TestEnv::new_on_servers("redisloss", &crate::helpers::admin_url(), &redis.url()).await;
+    slow_migrations(&mut env, 1.0);
+    let worker = env
+        .start_worker(&[("PROVISION_RECONCILE_AFTER", "3"), ("PROVISION_CONCURRENCY", "2")])
+        .await;
+    let names: Vec<String> = (0..6).map(|i| format!("lost_{i}")).collect();
+    for name in &names {
+        request_tenant(&env, name);
+    }
+    env.wait_for_state(&names[0], "schema_created", WAIT).await;
+    // Redis restarts with nothing: queued jobs, registrations, all gone.
+    redis.restart_empty();
+    wait_all_ready(&env, &names, WAIT).await;
+    assert_made_once(&env, &names).await;
+    let log = worker.log_text();
+    assert!(
+        log.contains("pushed an owed CreateTenant job"),
+        "the reconciler did not act:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_restarted_mid_run_all_tenants_reach_ready() {
+    let pg = PrivatePostgres::start("pgrestart");
+    let mut env =
+        TestEnv::new_on_servers("pgrestart", &pg.url("postgres"), &crate::helpers::redis_url()).await;
+    slow_migrations(&mut env, 1.0);
+    let worker = env.start_worker(&[("PROVISION_CONCURRENCY", "2")]).await;
+    let names: Vec<String> = (0..6).map(|i| format!("pgr_{i}")).collect();
+    for name in &names {
+        request_tenant(&env, name);
+    }
+    env.wait_for_state(&names[0], "schema_created", WAIT).await;
+    pg.restart();
+    wait_all_ready(&env, &names, WAIT).await;
+    assert_made_once(&env, &names).await;
+    let mut worker = worker;
+    assert!(
+        worker.child_alive(),
+        "the worker died with PostgreSQL:\n{}",
+        worker.log_text()
+    );
+}
+
+#[tokio::test]
+async fn transient_errors_retry_with_backoff_then_fail_with_step_attempts_and_error() {
+    let env = TestEnv::new("transient").await;
+    // Every lock wait of the worker gives up after 200 ms: a transient error.
+    // SHARE mode lets the client read the table but no one write to it.
+    let url = format!("{}?options=-c%20lock_timeout%3D200", env.database_url);
+    let _worker = env
+        .start_worker(&[("DATABASE_URL", &url), ("PROVISION_MAX_ATTEMPTS", "3")])
+        .await;
+    let mut blocker = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tenants_client IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    request_tenant(&env, "blocked");
+    env.wait_for_state("blocked", "failed", WAIT).await;
+    let status = env
+        .provision(&["status", "--schema-name", "blocked", "--json"])
+        .json();
+    assert_eq!(status["failed_step"], "register");
+    assert_eq!(status["attempt"], 3);
+    let error = status["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("gave up after 3 attempts") && error.contains("lock timeout"),
+        "{error}"
+    );
+    let history = status["history"].as_array().unwrap();
+    let retries: Vec<&serde_json::Value> = history
+        .iter()
+        .filter(|h| h["step"] == "register" && h["state"] == "requested")
+        .collect();
+    assert_eq!(retries.len(), 2, "two retries before giving up: {history:?}");
+    let at = |h: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(h["at"].as_str().unwrap()).unwrap();
+    assert!(
+        at(retries[1]) - at(retries[0]) >= chrono::Duration::milliseconds(400),
+        "no backoff between retries"
+    );
+
+    blocker.commit().await.unwrap();
+    env.provision(&["retry", "--schema-name", "blocked"])
+        .expect_code(0);
+    env.wait_for_state("blocked", "ready", WAIT).await;
+}
+
+#[tokio::test]
+async fn a_least_privilege_role_provisions_a_tenant() {
+    let mut env = TestEnv::new("leastpriv").await;
+    let (_role, url) = env.limited_role(true).await;
+    env.set_env("DATABASE_URL", &url);
+    let _worker = env.start_worker(&[]).await;
+    let mut args = guide_tenant_args("least");
+    args.extend([
+        "--admin-password".into(),
+        "a-long-password".into(),
+        "--wait".into(),
+    ]);
+    env.provision(&strs(&args)).expect_code(0);
+    assert_made_once(&env, &["least".to_owned()]).await;
+    let superuser: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT rolsuper FROM pg_roles WHERE rolname = '{}'",
+        url.split('@').next().unwrap().trim_start_matches("postgres://")
+    )))
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(!superuser);
+}
+
+#[tokio::test]
+async fn chaos_every_tenant_is_provisioned_once_while_workers_are_killed_at_random() {
+    let tenants: usize = std::env::var("CHAOS_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let mut env = TestEnv::new("chaos").await;
+    slow_migrations(&mut env, 0.2);
+    let started = Instant::now();
+    let names: Vec<String> = (0..tenants).map(|i| format!("chaos_{i:04}")).collect();
+    for name in &names {
+        request_tenant(&env, name);
+    }
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        workers.push(
+            env.start_worker(&[
+                ("PROVISION_CONCURRENCY", "2"),
+                ("PROVISION_RECONCILE_AFTER", "10"),
+            ])
+            .await,
+        );
+    }
+    let mut kills = 0;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
+    loop {
+        let ready: i64 = sqlx::query_scalar("SELECT count(*) FROM provision_tenant WHERE state = 'ready'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        if ready as usize == tenants {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60 + 3 * tenants as u64),
+            "only {ready} of {tenants} ready"
+        );
+        // Every 2 to 4 seconds, SIGKILL one worker at random and start a new one.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(2000 + seed % 2000)).await;
+        let victim = (seed % workers.len() as u64) as usize;
+        workers[victim].signal("KILL");
+        workers[victim].wait_exit(Duration::from_secs(10)).await;
+        kills += 1;
+        workers[victim] = env
+            .start_worker(&[
+                ("PROVISION_CONCURRENCY", "2"),
+                ("PROVISION_RECONCILE_AFTER", "10"),
+            ])
+            .await;
+    }
+    assert_made_once(&env, &names).await;
+    let failed: i64 = sqlx::query_scalar("SELECT count(*) FROM provision_tenant WHERE state <> 'ready'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(failed, 0);
+    println!(
+        "chaos: {tenants} tenants ready, each with one schema, one primary domain and one admin; \
+         {kills} workers killed; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
