@@ -316,9 +316,11 @@ async fn transient_errors_retry_with_backoff_then_fail_with_step_attempts_and_er
         .collect();
     assert_eq!(retries.len(), 2, "two retries before giving up: {history:?}");
     let at = |h: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(h["at"].as_str().unwrap()).unwrap();
+    let attempts: Vec<i64> = retries.iter().map(|h| h["attempt"].as_i64().unwrap()).collect();
+    assert_eq!(attempts, [1, 2], "{history:?}");
     assert!(
         at(retries[1]) - at(retries[0]) >= chrono::Duration::milliseconds(400),
-        "no backoff between retries"
+        "no backoff between retries: {history:?}"
     );
 
     blocker.commit().await.unwrap();

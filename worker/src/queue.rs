@@ -12,22 +12,34 @@ use provision_shared::ProvisionError;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use serde_json::Value;
 
-/// Heartbeat of every worker: also how often an idle worker looks for
-/// scheduled jobs, so it bounds pick-up latency (the library's 30 s default
-/// is what a signup must never wait).
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Heartbeats missed before another worker takes over a dead worker's jobs.
-pub const MISSED_HEARTBEATS: usize = 5;
+/// How often a worker of `kind` heartbeats. An idle worker looks for new
+/// jobs only at its heartbeat, so this bounds the pick-up delay: a signup
+/// waits at most 100 ms for its `CreateTenant` to start (the library's
+/// default of 30 s is what a signup must never see); background jobs may
+/// wait up to half a second.
+pub fn heartbeat(kind: JobKind) -> Duration {
+    match kind {
+        JobKind::CreateTenant => Duration::from_millis(100),
+        JobKind::SeedDemoData | JobKind::MigrateSchema => Duration::from_millis(500),
+    }
+}
+
+/// How long a worker may go without a heartbeat before another takes over
+/// its jobs: a crashed worker's jobs resume within this (plus one
+/// heartbeat of the survivor).
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(5);
 
 /// The apalis-redis configuration of `kind`'s queue under `namespace`.
 ///
 /// One job fetched at a time: with larger batches a busy worker stops
 /// heartbeating and its prefetched jobs are run twice.
 pub fn queue_config(namespace: &str, kind: JobKind) -> Config {
+    let beat = heartbeat(kind);
+    let missed = usize::try_from(ORPHANED_AFTER.as_millis() / beat.as_millis()).unwrap_or(10);
     Config::default()
         .queue(kind.queue(namespace))
-        .heartbeat_interval(HEARTBEAT)
-        .missed_heartbeats(MISSED_HEARTBEATS)
+        .heartbeat_interval(beat)
+        .missed_heartbeats(missed)
         .batch_size(1)
         .emit_events(false)
 }
