@@ -418,3 +418,46 @@ async fn chaos_every_tenant_is_provisioned_once_while_workers_are_killed_at_rand
         started.elapsed().as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn a_job_that_crashes_its_worker_counts_as_an_attempt_and_ends_failed() {
+    let mut env = TestEnv::new("crashloop").await;
+    // Long enough to kill the worker in the middle, short enough that the
+    // killed worker's statement ends before another worker takes over.
+    slow_migrations(&mut env, 4.0);
+    let settings = [("PROVISION_MAX_ATTEMPTS", "2")];
+    request_tenant(&env, "crashy");
+    // Each time the migrate step is running, the worker dies (SIGKILL).
+    for execution in 1..=2 {
+        let mut worker = env.start_worker(&settings).await;
+        let start = Instant::now();
+        loop {
+            let attempt: i32 =
+                sqlx::query_scalar("SELECT attempt FROM provision_tenant WHERE schema_name = 'crashy'")
+                    .fetch_one(&env.pool)
+                    .await
+                    .unwrap();
+            let state = state_of(&env, "crashy").await.unwrap();
+            if state == "schema_created" && attempt == execution {
+                break;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "execution {execution} never started: {state} {attempt}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        worker.signal("KILL");
+        worker.wait_exit(Duration::from_secs(10)).await;
+    }
+    // The third execution finds two crashed attempts and gives up.
+    let _worker = env.start_worker(&settings).await;
+    env.wait_for_state("crashy", "failed", WAIT).await;
+    let status = env
+        .provision(&["status", "--schema-name", "crashy", "--json"])
+        .json();
+    assert_eq!(status["failed_step"], "migrate");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("gave up after 2 attempts"), "{error}");
+}
