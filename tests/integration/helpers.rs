@@ -289,16 +289,27 @@ impl TestEnv {
         self.env.push((key.into(), value.into()));
     }
 
-    /// Runs `provision` with `args`, `stdin` fed to it.
-    pub fn provision_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
-        let mut cmd = Command::new(binary("provision"));
-        cmd.args(args)
+    /// Starts `provision` with `args`, its standard streams piped.
+    pub fn spawn_provision(&self, args: &[&str]) -> Child {
+        Command::new(binary("provision"))
+            .args(args)
             .envs(self.env_vars())
             .env_remove("LOG_FORMAT")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("run provision");
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run provision")
+    }
+
+    /// Waits for a `provision` started by [`TestEnv::spawn_provision`].
+    pub fn finish(child: Child) -> Run {
+        Run::from(child.wait_with_output().expect("provision output"))
+    }
+
+    /// Runs `provision` with `args`, `stdin` fed to it.
+    pub fn provision_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut child = self.spawn_provision(args);
         {
             let mut input = child.stdin.take().expect("stdin");
             if let Some(text) = stdin {

@@ -86,6 +86,29 @@ async fn the_admin_password_never_reaches_redis_logs_or_postgres_in_plain_text()
     // Let the demo data job finish too, so every key it writes is there.
     env.wait_for_state("theo", "ready", Duration::from_secs(30)).await;
 
+    // From standard input: not in any process's command line while it runs.
+    let mut args = guide_tenant_args("theo_stdin");
+    args.extend(["--admin-password-stdin".into(), "--wait".into()]);
+    let mut child = env.spawn_provision(&strs(&args));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(PASSWORD),
+                "the password is in the process list: {:?}",
+                entry.path()
+            );
+        }
+    }
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{PASSWORD}").unwrap();
+    }
+    let run = TestEnv::finish(child);
+    run.expect_code(0);
+    assert!(!run.stdout.contains(PASSWORD) && !run.stderr.contains(PASSWORD));
+
     for (key, value) in env.redis_dump().await {
         assert!(
             !value.contains(PASSWORD) && !key.contains(PASSWORD),
