@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services-up.sh
-cargo build --locked --bins
+cargo build --locked -p provision-worker -p provision-cli
 bin=target/debug
 state=target/demo
 mkdir -p "$state"
