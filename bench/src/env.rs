@@ -109,7 +109,45 @@ impl BenchEnv {
         }
         cmd.env("DATABASE_URL", &self.database_url)
             .env("REDIS_URL", &self.redis_url)
-            .env("PROVISION_NAMESPACE", &self.name);
+            .env("PROVISION_NAMESPACE", &self.name)
+            // Any free port: never collide with a worker already serving 9898.
+            .env("PROVISION_METRICS_ADDR", "127.0.0.1:0");
+    }
+
+    /// Every key of the namespace with its type and size: what the queues
+    /// hold, for the message when a run gets stuck.
+    pub(crate) async fn redis_summary(&self) -> String {
+        match redis_summary(&self.redis_url, &self.name).await {
+            Ok(lines) => lines.join("\n"),
+            Err(e) => format!("(Redis could not be read: {e})"),
+        }
+    }
+
+    /// Transactions committed in the bench database so far. A worker's
+    /// connections flush their statistics when they close, so the
+    /// difference across a worker's life, once it has stopped, is about what
+    /// it committed (plus the bench's own queries, which the caller counts).
+    pub(crate) async fn transactions_committed(&self) -> Option<i64> {
+        // A stopped worker's backends exit (and flush) a moment after its
+        // sockets close: wait until only the bench's own are left.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            let backends: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND backend_type = 'client backend'",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .ok()?;
+            if backends <= i64::from(self.pool.size()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(&self.pool)
+            .await
+            .ok()
     }
 
     /// A command running the `provision` client against the bench's
@@ -136,8 +174,12 @@ impl BenchEnv {
         cmd.env("PROVISION_CONCURRENCY", concurrency.to_string())
             .env("PROVISION_MIGRATE_ALL_CRON", "off")
             // Warnings only, as in production at scale, except the one line
-            // that says the worker is taking jobs.
-            .env("RUST_LOG", "warn,provision_worker::run=info")
+            // that says the worker is taking jobs; more when diagnosing.
+            .env(
+                "RUST_LOG",
+                std::env::var("PROVISION_BENCH_WORKER_LOG")
+                    .unwrap_or_else(|_| "warn,provision_worker::run=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -210,6 +252,50 @@ fn database_url_for(admin_url: &str, name: &str) -> String {
         Some(query) => format!("{base}/{name}?{query}"),
         None => format!("{base}/{name}"),
     }
+}
+
+/// Lists the keys under `namespace:` as `key type size`.
+async fn redis_summary(redis_url: &str, namespace: &str) -> redis::RedisResult<Vec<String>> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{namespace}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    let mut lines = Vec::new();
+    for key in keys.iter().take(50) {
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
+        let size_command = match kind.as_str() {
+            "list" => Some("LLEN"),
+            "zset" => Some("ZCARD"),
+            "set" => Some("SCARD"),
+            "hash" => Some("HLEN"),
+            _ => None,
+        };
+        let size: Option<i64> = match size_command {
+            Some(command) => Some(redis::cmd(command).arg(key).query_async(&mut conn).await?),
+            None => None,
+        };
+        lines.push(format!(
+            "{key} {kind} {}",
+            size.map_or_else(String::new, |n| n.to_string())
+        ));
+    }
+    Ok(lines)
 }
 
 /// Deletes every key under `namespace:`, a batch at a time (SCAN, never

@@ -5,6 +5,7 @@
 //! work (a failed schema or tenant, a run that never ends), so CI can run
 //! `all --quick` to keep it from rotting.
 
+mod burst;
 mod env;
 mod fixtures;
 mod lower_bound;
@@ -64,6 +65,29 @@ enum Command {
     ///
     /// Example: provision-bench all --quick
     All(AllArgs),
+
+    /// A signup burst during an outage: N requests recorded and pushed as
+    /// the client pushes them while no worker runs, then workers drain
+    /// them. Prints the time to drain and Redis memory before, at its peak
+    /// and after.
+    ///
+    /// Example: provision-bench burst --tenants 20000
+    Burst(BurstArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct BurstArgs {
+    /// Requests in the burst.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    tenants: u32,
+
+    /// Worker processes that drain it.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=32))]
+    workers: u32,
+
+    /// Concurrency of each worker.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    concurrency: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -145,6 +169,7 @@ impl Command {
     fn parts(&self) -> Vec<Part> {
         match self {
             Self::MigrateAll(args) => vec![Part::MigrateAll(args.options())],
+            Self::Burst(_) => Vec::new(),
             Self::Provision(args) => vec![Part::Provision(args.options())],
             Self::All(args) if args.quick => vec![
                 Part::MigrateAll(migrate_all::Options {
@@ -178,6 +203,7 @@ impl Command {
             Self::MigrateAll(_) => "migrate-all",
             Self::Provision(_) => "provision",
             Self::All(_) => "all",
+            Self::Burst(_) => "burst",
         }
     }
 }
@@ -206,6 +232,23 @@ async fn main() -> ExitCode {
         cli.command.name(),
         machine_line()
     );
+    if let Command::Burst(args) = &cli.command {
+        let done = burst::run(
+            &servers,
+            args.tenants as usize,
+            args.workers as usize,
+            args.concurrency as usize,
+        )
+        .await;
+        println!("at the end: {}", machine_line());
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut report = Report::default();
     let mut outcome = Ok(());
     for part in cli.command.parts() {

@@ -59,6 +59,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
         let mut system = Samples::default();
         let mut floor = Samples::default();
         let mut profiles = Vec::new();
+        let mut transactions = Samples::default();
         for rep in 1..=options.repeat {
             version += 1;
             column += 1;
@@ -70,13 +71,18 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
                 "the migrations folder ends at {latest}, not {version}"
             );
 
+            let commits_before = env.transactions_committed().await;
             let mut worker = env.start_worker(concurrency, Some(&dir)).await?;
             let label = format!("migrate-all c={concurrency} #{rep}: schemas");
-            let (elapsed, run_id) = timed_run(env, &mut worker, version, n, &label).await?;
+            let timed = timed_run(env, &mut worker, version, n, &label).await?;
             let complaints = worker.complaints();
             worker.stop().await?;
+            if let (Some(before), Some(after)) = (commits_before, env.transactions_committed().await) {
+                transactions.push((after - before - timed.queries) as f64 / n as f64);
+            }
             check_all_at(env, version, n).await?;
-            system.push(millis(elapsed));
+            system.push(millis(timed.elapsed));
+            let run_id = timed.run_id;
             if let Some(profile) = run_profile(env, run_id).await {
                 profiles.push(profile);
             }
@@ -112,7 +118,11 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             Goal::RatioAtMost(1.5),
         );
         if let Some(profile) = median_profile(&profiles) {
-            report.note(format!("migrate-all c={concurrency} (medians): {profile}"));
+            report.note(format!(
+                "migrate-all c={concurrency} (medians): {profile}; about {:.1} transactions per schema \
+                 (pg_stat_database, the bench's own queries subtracted; the lower bound commits 1)",
+                transactions.median()
+            ));
         }
     }
     report.row(
@@ -150,6 +160,15 @@ fn deadline(n: usize) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(50) * u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// A run followed to its end.
+struct TimedRun {
+    /// From just before it started until it was seen finished.
+    elapsed: Duration,
+    run_id: i64,
+    /// Queries the bench itself made meanwhile.
+    queries: i64,
+}
+
 /// Starts a run to `version` and follows it to its end: the time an
 /// operator waits for `provision migrate --all --wait`. Fails on a failed
 /// schema, a dead worker or a run that never ends.
@@ -159,8 +178,9 @@ async fn timed_run(
     version: i32,
     n: usize,
     label: &str,
-) -> anyhow::Result<(Duration, i64)> {
+) -> anyhow::Result<TimedRun> {
     let started = Instant::now();
+    let mut queries = 1;
     let run_id = match start_run(&env.pool, RunTrigger::Operator, ACTOR, version).await? {
         RunStart::Started(id) => id,
         other => bail!("expected a new run, found {other:?}"),
@@ -188,15 +208,33 @@ async fn timed_run(
                 "{} of {n} schemas migrated: {summary:?}",
                 summary.migrated
             );
-            return Ok((elapsed, run_id));
+            return Ok(TimedRun {
+                elapsed,
+                run_id,
+                queries,
+            });
         }
         worker.ensure_alive()?;
         if started.elapsed() > deadline(n) {
             let summary = run_summary(&env.pool, run_id).await?;
-            bail!("the run did not finish in {:?}: {summary:?}", deadline(n));
+            let open: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
+                "SELECT schema_name, state, attempt, error FROM public.provision_migration_run_schema
+                 WHERE run_id = $1 AND state IN ('pending', 'queued') ORDER BY schema_name LIMIT 5",
+            )
+            .bind(run_id)
+            .fetch_all(&env.pool)
+            .await?;
+            bail!(
+                "the run did not finish in {:?}: {summary:?}\nopen schemas: {open:?}\n\
+                 Redis keys:\n{}\nworker log:\n{}",
+                deadline(n),
+                env.redis_summary().await,
+                worker.log_tail()
+            );
         }
         if last_summary.elapsed() >= Duration::from_secs(1) {
             let summary = run_summary(&env.pool, run_id).await?;
+            queries += 2;
             progress.show(usize::try_from(summary.done).unwrap_or(0));
             last_summary = Instant::now();
         }

@@ -18,17 +18,19 @@ pub(crate) struct Progress {
     total: usize,
     started: Instant,
     last: Instant,
+    drawn: Option<usize>,
     terminal: bool,
 }
 
 impl Progress {
     /// A progress line for `total` items of `label`, shown from now.
     pub(crate) fn new(label: impl Into<String>, total: usize) -> Self {
-        let progress = Self {
+        let mut progress = Self {
             label: label.into(),
             total,
             started: Instant::now(),
             last: Instant::now(),
+            drawn: None,
             terminal: std::io::stderr().is_terminal(),
         };
         progress.draw(0);
@@ -46,14 +48,17 @@ impl Progress {
     }
 
     /// Draws the final count and ends the line.
-    pub(crate) fn finish(self, done: usize) {
-        self.draw(done);
+    pub(crate) fn finish(mut self, done: usize) {
+        if self.drawn != Some(done) {
+            self.draw(done);
+        }
         if self.terminal {
             eprintln!();
         }
     }
 
-    fn draw(&self, done: usize) {
+    fn draw(&mut self, done: usize) {
+        self.drawn = Some(done);
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = if elapsed > 0.0 {
             format!("  {:.0}/s", done as f64 / elapsed)

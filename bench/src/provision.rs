@@ -14,7 +14,7 @@ use provision_shared::db;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::password::{ARGON2_MEMORY_KIB, django_argon2_hash};
-use provision_worker::queue::{HEARTBEAT, RedisQueue};
+use provision_worker::queue::{RedisQueue, heartbeat};
 use tokio::io::AsyncWriteExt;
 
 use crate::env::{BenchEnv, peak_rss_kib};
@@ -88,7 +88,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
 /// signups do.
 fn pause(i: usize) -> Duration {
     let fraction = (i as f64 * 0.618_033_988_749_895).fract();
-    HEARTBEAT.mul_f64(fraction)
+    heartbeat(JobKind::CreateTenant).mul_f64(fraction)
 }
 
 /// (a) One signup at a time with one idle worker: from the push to the
@@ -137,7 +137,7 @@ async fn latency(
                     _ => {}
                 }
                 polls += 1;
-                if polls % 100 == 0 {
+                if polls.is_multiple_of(100) {
                     worker.ensure_alive()?;
                     ensure!(
                         started.elapsed() < Duration::from_secs(60),
@@ -185,7 +185,7 @@ async fn latency(
          Signups are spread over the worker's {} ms heartbeat.",
         before_registered.median(),
         registered_to_ready.median(),
-        HEARTBEAT.as_millis(),
+        heartbeat(JobKind::CreateTenant).as_millis(),
     ));
     note_complaints(report, "signup → ready", &complaints);
     Ok(())
@@ -209,6 +209,8 @@ async fn registered_to_ready_ms(env: &BenchEnv, schema: &str) -> Option<f64> {
 /// What a worker draining a backlog did.
 struct Drain {
     elapsed: Duration,
+    /// Median duration of each step, by the server's clock.
+    steps: Option<String>,
     peak_rss_kib: Option<u64>,
     transactions: Option<i64>,
     complaints: Vec<String>,
@@ -218,7 +220,7 @@ struct Drain {
 /// whose schema name starts with `prefix`, and times it from its start
 /// until all `n` are ready. Reads its peak memory just before stopping it.
 async fn drain(env: &BenchEnv, prefix: &str, n: usize, label: &str) -> anyhow::Result<Drain> {
-    let commits_before = xact_commits(env).await;
+    let commits_before = env.transactions_committed().await;
     let started = Instant::now();
     let mut worker = env.start_worker(CONCURRENCY, None).await?;
     let deadline = Duration::from_secs(120) + Duration::from_millis(500) * u32::try_from(n)?;
@@ -258,26 +260,43 @@ async fn drain(env: &BenchEnv, prefix: &str, n: usize, label: &str) -> anyhow::R
     let peak_rss_kib = worker.peak_rss_kib();
     let complaints = worker.complaints();
     worker.stop().await?;
-    let transactions = match (commits_before, xact_commits(env).await) {
+    let transactions = match (commits_before, env.transactions_committed().await) {
         (Some(before), Some(after)) => Some(after - before - polls),
         _ => None,
     };
     Ok(Drain {
         elapsed,
+        steps: step_medians(env, prefix).await,
         peak_rss_kib,
         transactions,
         complaints,
     })
 }
 
-/// Transactions committed in the bench database so far: with the worker's
-/// connections closed (which flushes their statistics), the difference
-/// over a drain is about what the worker committed.
-async fn xact_commits(env: &BenchEnv) -> Option<i64> {
-    sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-        .fetch_one(&env.pool)
-        .await
-        .ok()
+/// The median time of each step of the tenants under `prefix`: from the
+/// previous transition's commit to this one's, by the server's clock (the
+/// history records `clock_timestamp()`). The first step is left out: it
+/// starts from the request, so it includes the wait in the backlog.
+async fn step_medians(env: &BenchEnv, prefix: &str) -> Option<String> {
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT step, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)
+         FROM (SELECT step, id, to_state,
+                      extract(epoch FROM at - lag(at) OVER (PARTITION BY schema_name ORDER BY id))::float8
+                          * 1000 AS ms
+               FROM public.provision_event WHERE starts_with(schema_name, $1)) e
+         WHERE ms IS NOT NULL AND to_state <> 'registered'
+         GROUP BY step ORDER BY min(id)",
+    )
+    .bind(prefix)
+    .fetch_all(&env.pool)
+    .await
+    .ok()?;
+    (!rows.is_empty()).then(|| {
+        rows.iter()
+            .map(|(step, ms)| format!("{step} {ms:.1} ms"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
 }
 
 /// (b) and (c): one worker draining a backlog of N tenants, against four
@@ -300,6 +319,8 @@ async fn throughput(
     let mut rss = Samples::default();
     let mut per_tenant_transactions = Samples::default();
     let mut complaints = Vec::new();
+    let mut steps = None;
+    let mut floor_per_tenant = Samples::default();
     for rep in 0..options.repeat {
         let prefix = format!("tp{rep}");
         let names = fixtures::names(&prefix, n);
@@ -322,8 +343,11 @@ async fn throughput(
         if !floor_first {
             floor = Some(throughput_floor(env, floor_names, hash, migrations, rep).await?);
         }
+        let floor = floor.unwrap_or_default();
         rate.push(n as f64 / drained.elapsed.as_secs_f64());
-        floor_rate.push(n as f64 / floor.unwrap_or_default().as_secs_f64());
+        floor_rate.push(n as f64 / floor.as_secs_f64());
+        floor_per_tenant.push(millis(floor) * CONCURRENCY as f64 / n as f64);
+        steps = drained.steps.or(steps);
         if let Some(kib) = drained.peak_rss_kib {
             rss.push(kib as f64 / 1024.0);
         }
@@ -355,6 +379,13 @@ async fn throughput(
             "throughput: the worker committed about {:.1} transactions per tenant \
              (pg_stat_database, the bench's own polls subtracted); the lower bound commits 1.",
             per_tenant_transactions.median()
+        ));
+    }
+    if let Some(steps) = steps {
+        report.note(format!(
+            "throughput, median time per step under load (one repetition): {steps}; \
+             against {:.1} ms per tenant for a lower-bound session",
+            floor_per_tenant.median()
         ));
     }
     report.note(format!(
@@ -609,9 +640,13 @@ mod tests {
     #[test]
     fn pauses_cover_the_heartbeat() {
         let pauses: Vec<Duration> = (0..50).map(pause).collect();
-        assert!(pauses.iter().all(|p| *p < HEARTBEAT));
-        assert!(pauses.iter().any(|p| *p < HEARTBEAT / 10));
-        assert!(pauses.iter().any(|p| *p > HEARTBEAT * 9 / 10));
+        assert!(pauses.iter().all(|p| *p < heartbeat(JobKind::CreateTenant)));
+        assert!(pauses.iter().any(|p| *p < heartbeat(JobKind::CreateTenant) / 10));
+        assert!(
+            pauses
+                .iter()
+                .any(|p| *p > heartbeat(JobKind::CreateTenant) * 9 / 10)
+        );
     }
 
     #[test]

@@ -185,6 +185,13 @@ pub async fn migrate_schema_on(
         apply_one(&mut tx, next, schema).await?;
         tx.commit().await?;
         applied.push(next.version);
+        if next.version == set.latest() {
+            // Nothing after it: spare the transaction that would find so.
+            return Ok(SchemaMigrated {
+                applied,
+                version: next.version,
+            });
+        }
     }
 }
 

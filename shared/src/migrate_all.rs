@@ -145,14 +145,6 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     .bind(QUEUED_TIMEOUT_SECS)
     .fetch_all(&mut *tx)
     .await?;
-    // Pushed before the claim commits: a crash in between leaves the rows
-    // pending and some jobs in Redis, which find their schema current or
-    // migrate it once (per-schema lock).
-    for (run_id, schema_name) in &claimed {
-        let mut job = JobRequest::now(JobKind::MigrateSchema, schema_name.as_str());
-        job.run_id = Some(*run_id);
-        sink.push(job).await?;
-    }
     // A run whose last two schemas ended at the same moment may have been
     // left running by both (each saw the other open): finish it here.
     sqlx::query(
@@ -164,6 +156,14 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    // Pushed after the claim commits, so a job never finds its row not yet
+    // queued. A crash in between leaves rows queued with no job: after
+    // QUEUED_TIMEOUT_SECS they are handed out again.
+    for (run_id, schema_name) in &claimed {
+        let mut job = JobRequest::now(JobKind::MigrateSchema, schema_name.as_str());
+        job.run_id = Some(*run_id);
+        sink.push(job).await?;
+    }
     Ok(claimed.len())
 }
 

@@ -1,7 +1,7 @@
 //! The worker's background loop. Every worker process runs it; PostgreSQL
 //! locks make sure only one does each kind of work at a time.
 //!
-//! - every 0.5 s: hand migrate-all work to the queue, a bounded batch at a time;
+//! - every 0.2 s: hand migrate-all work to the queue, a bounded batch at a time;
 //! - every 5 s: push jobs PostgreSQL says are owed (never pushed because the
 //!   queue was full, or lost with Redis), as far as the queue has room;
 //! - every 10 s: remove finished jobs from Redis.
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::handlers::WorkerState;
 
 /// How often the loop wakes.
-const TICK: Duration = Duration::from_millis(500);
+const TICK: Duration = Duration::from_millis(200);
 
 /// Runs until `stop` turns true. `stale_after`: how long a non-final tenant
 /// may sit unchanged before its job is assumed lost.
@@ -38,12 +38,12 @@ pub async fn run(state: Arc<WorkerState>, stale_after: Duration, mut stop: watch
             Ok(n) => tracing::debug!(jobs = n, "dispatched migrate-all jobs"),
             Err(e) => tracing::warn!(error = %e, "dispatching migrate-all jobs failed; trying again"),
         }
-        if ticks % 10 == 1
+        if ticks % 25 == 1
             && let Err(e) = requeue_owed(&state, stale_after).await
         {
             tracing::warn!(error = %e, "re-queuing owed jobs failed; trying again");
         }
-        if ticks % 20 == 2 {
+        if ticks % 50 == 2 {
             for kind in JobKind::ALL {
                 match state.queue.clean_finished(kind, 2000).await {
                     Ok(0) => {}

@@ -15,12 +15,12 @@ use serde_json::Value;
 /// How often a worker of `kind` heartbeats. An idle worker looks for new
 /// jobs only at its heartbeat, so this bounds the pick-up delay: a signup
 /// waits at most 100 ms for its `CreateTenant` to start (the library's
-/// default of 30 s is what a signup must never see); background jobs may
-/// wait up to half a second.
+/// default of 30 s is what a signup must never see), and so does each batch
+/// of a migrate-all; demo data may wait up to half a second.
 pub fn heartbeat(kind: JobKind) -> Duration {
     match kind {
-        JobKind::CreateTenant => Duration::from_millis(100),
-        JobKind::SeedDemoData | JobKind::MigrateSchema => Duration::from_millis(500),
+        JobKind::CreateTenant | JobKind::MigrateSchema => Duration::from_millis(100),
+        JobKind::SeedDemoData => Duration::from_millis(500),
     }
 }
 
