@@ -298,8 +298,8 @@ async fn redis_summary(redis_url: &str, namespace: &str) -> redis::RedisResult<V
     Ok(lines)
 }
 
-/// Deletes every key under `namespace:`, a batch at a time (SCAN, never
-/// FLUSHALL: the Redis may be shared).
+/// Deletes every key under `namespace:`, a batch at a time (SCAN and DEL of
+/// our own keys only: the Redis may be shared).
 async fn delete_namespace(redis_url: &str, namespace: &str) -> redis::RedisResult<()> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;

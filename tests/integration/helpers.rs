@@ -524,3 +524,14 @@ pub fn guide_tenant_args(schema: &str) -> Vec<String> {
 pub fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// Records `schema` through `provision create-tenant` (no demo data).
+pub fn request_tenant(env: &TestEnv, schema: &str) {
+    let mut args = guide_tenant_args(schema);
+    args.extend([
+        "--admin-password".into(),
+        "a-long-password".into(),
+        "--skip-demo-data".into(),
+    ]);
+    env.provision(&strs(&args)).expect_code(0);
+}

@@ -3,20 +3,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Run, TestEnv, guide_tenant_args, strs};
+use crate::helpers::{Run, TestEnv, guide_tenant_args, request_tenant, strs};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Records `schema` through `provision create-tenant` (no demo data).
-fn request_tenant(env: &TestEnv, schema: &str) {
-    let mut args = guide_tenant_args(schema);
-    args.extend([
-        "--admin-password".into(),
-        "a-long-password".into(),
-        "--skip-demo-data".into(),
-    ]);
-    env.provision(&strs(&args)).expect_code(0);
-}
 
 fn status(env: &TestEnv, schema: &str) -> serde_json::Value {
     let run = env.provision(&["status", "--schema-name", schema, "--json"]);

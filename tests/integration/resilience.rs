@@ -8,20 +8,10 @@ use apalis_core::backend::TaskSink;
 use provision_shared::jobs::JobKind;
 use provision_worker::queue::{RedisQueue, storage};
 
-use crate::helpers::{TestEnv, guide_tenant_args, strs};
+use crate::helpers::{TestEnv, guide_tenant_args, request_tenant, strs};
 use crate::servers::{PrivatePostgres, PrivateRedis};
 
 const WAIT: Duration = Duration::from_secs(90);
-
-fn request_tenant(env: &TestEnv, schema: &str) {
-    let mut args = guide_tenant_args(schema);
-    args.extend([
-        "--admin-password".into(),
-        "a-long-password".into(),
-        "--skip-demo-data".into(),
-    ]);
-    env.provision(&strs(&args)).expect_code(0);
-}
 
 /// A tenant migration 0002 that takes `seconds`, so steps are in flight
 /// long enough to interfere with.
