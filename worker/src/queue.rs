@@ -336,7 +336,12 @@ impl JobSink for RedisQueue {
         let id = ulid::Ulid::generate();
         let mut builder = TaskBuilder::new(job.payload()).task_id(TaskId::from(id));
         if job.delay_ms > 0 {
-            builder = builder.run_after(Duration::from_millis(job.delay_ms));
+            // The library schedules to the whole second and truncates, so a
+            // short delay could run at once: round the due time up instead.
+            let due = std::time::SystemTime::now() + Duration::from_millis(job.delay_ms);
+            let since_epoch = due.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let secs = since_epoch.as_secs() + u64::from(since_epoch.subsec_nanos() > 0);
+            builder = builder.run_at_timestamp(secs);
         }
         let mut storage = storage(self.conn.clone(), &self.namespace, job.kind);
         tokio::time::timeout(Duration::from_secs(10), storage.push_task(builder.build()))
