@@ -14,7 +14,9 @@ use provision_worker::schedule::parse_schedule;
 /// from Redis, recording every tenant's provisioning in PostgreSQL.
 ///
 /// A missing database is created and pending public migrations are applied
-/// at start. Stops on SIGTERM or Ctrl-C; exits non-zero when a worker dies.
+/// at start. Stops on SIGTERM or Ctrl-C, giving running jobs the shutdown
+/// grace. A job loop that dies is restarted; one that keeps dying (more than
+/// 8 times in two minutes) makes the process exit 1, for its supervisor.
 ///
 /// Example: DATABASE_URL=postgres://postgres@127.0.0.1/concierge provision-worker --concurrency 4
 #[derive(Debug, Parser)]
