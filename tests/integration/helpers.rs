@@ -30,7 +30,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built: run the tests with `cargo test --workspace`",
+        "{} is not built: run the tests with scripts/test.sh (it builds the binaries first)",
         path.display()
     );
     path
