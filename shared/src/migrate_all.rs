@@ -55,6 +55,24 @@ pub async fn start_run(
     started_by: &str,
     target: i32,
 ) -> Result<RunStart, ProvisionError> {
+    // The run in progress may finish between our insert's conflict and our
+    // look for it: then try again.
+    for _ in 0..5 {
+        if let Some(start) = try_start_run(pool, trigger, started_by, target).await? {
+            return Ok(start);
+        }
+    }
+    Err(ProvisionError::WrongState(
+        "migrate-all runs kept starting and finishing under us; try again".into(),
+    ))
+}
+
+async fn try_start_run(
+    pool: &PgPool,
+    trigger: RunTrigger,
+    started_by: &str,
+    target: i32,
+) -> Result<Option<RunStart>, ProvisionError> {
     let (kind, tick) = match trigger {
         RunTrigger::Cron(tick) => ("cron", Some(tick)),
         RunTrigger::Operator => ("operator", None),
@@ -83,7 +101,7 @@ pub async fn start_run(
     .fetch_optional(pool)
     .await;
     match started {
-        Ok(Some((id, _total))) => Ok(RunStart::Started(id)),
+        Ok(Some((id, _total))) => Ok(Some(RunStart::Started(id))),
         Ok(None) => Err(ProvisionError::WrongState("the run was not recorded".into())),
         Err(e) => match violated_constraint(&e) {
             Some("provision_migration_run_tick_key") => {
@@ -92,15 +110,15 @@ pub async fn start_run(
                         .bind(tick)
                         .fetch_one(pool)
                         .await?;
-                Ok(RunStart::TickTaken(id))
+                Ok(Some(RunStart::TickTaken(id)))
             }
             Some("provision_migration_run_one_running") => {
-                let id: i64 = sqlx::query_scalar(
+                let id: Option<i64> = sqlx::query_scalar(
                     "SELECT id FROM public.provision_migration_run WHERE state = 'running'",
                 )
-                .fetch_one(pool)
+                .fetch_optional(pool)
                 .await?;
-                Ok(RunStart::AlreadyRunning(id))
+                Ok(id.map(RunStart::AlreadyRunning))
             }
             _ => Err(e.into()),
         },
