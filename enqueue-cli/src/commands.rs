@@ -110,6 +110,15 @@ fn admin_password(args: &CreateTenantArgs) -> Result<(String, bool), CliError> {
     Ok((password, false))
 }
 
+/// A schema name an operator may look at or repair: any valid tenant
+/// schema, and the public tenant's `public`.
+fn existing_schema_name(name: &str) -> Result<(), CliError> {
+    if name == "public" {
+        return Ok(());
+    }
+    validate::schema_name(name).map_err(invalid)
+}
+
 pub(crate) fn invalid(e: provision_shared::InvalidInput) -> CliError {
     CliError::invalid(e.field, e.to_string())
 }
@@ -368,15 +377,7 @@ async fn seed_demo_data(ctx: &Ctx, args: SeedArgs) -> Result<ExitCode, CliError>
 }
 
 async fn status(ctx: &Ctx, args: StatusArgs) -> Result<ExitCode, CliError> {
-    validate::schema_name(&args.schema_name)
-        .or_else(|e| {
-            if args.schema_name == "public" {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(invalid)?;
+    existing_schema_name(&args.schema_name)?;
     let pool = ctx.pool().await?;
     let latest = ctx.migrations()?.latest();
     let status = tenant_status(&pool, &args.schema_name, latest, chrono::Utc::now().date_naive())
@@ -501,15 +502,7 @@ async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn fix_domain(ctx: &Ctx, args: FixDomainArgs) -> Result<ExitCode, CliError> {
-    validate::schema_name(&args.schema_name)
-        .or_else(|e| {
-            if args.schema_name == "public" {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(invalid)?;
+    existing_schema_name(&args.schema_name)?;
     let domain = args
         .domain
         .clone()
