@@ -517,3 +517,17 @@ async fn the_worker_stops_on_sigterm_with_exit_0() {
     );
     assert!(worker.log_text().contains("SIGTERM"));
 }
+
+/// A push wakes an idle worker at once: with heartbeats (its only polls
+/// otherwise) a minute apart, the tenant is ready long before the first
+/// heartbeat after the push could have found the job.
+#[tokio::test]
+async fn a_push_wakes_an_idle_worker_without_waiting_for_its_heartbeat() {
+    let env = TestEnv::new("wake").await;
+    let _worker = env.start_worker(&[("PROVISION_HEARTBEAT_MS", "60000")]).await;
+    // Let every job loop make its first, empty, fetch and go idle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::helpers::request_tenant(&env, "wake_theo");
+    env.wait_for_state("wake_theo", "ready", Duration::from_secs(30))
+        .await;
+}

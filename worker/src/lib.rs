@@ -8,3 +8,4 @@ pub mod options;
 pub mod queue;
 pub mod run;
 pub mod schedule;
+pub mod wake;

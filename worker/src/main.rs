@@ -48,6 +48,13 @@ struct Cli {
     #[arg(long, env = "PROVISION_RECONCILE_AFTER", default_value = "120", value_parser = parse_seconds)]
     reconcile_after: u64,
 
+    /// Milliseconds between an idle job loop's heartbeats, which are also
+    /// its polls for delayed jobs (retries). A push wakes an idle loop at
+    /// once anyway. A worker whose heartbeat is older than 5 s (or than one
+    /// heartbeat, if longer) is taken for dead [default: 100, demo data 500].
+    #[arg(long, env = "PROVISION_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    heartbeat_ms: Option<u64>,
+
     /// Executions of a step before its tenant is marked failed.
     #[arg(long, env = "PROVISION_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
     max_attempts: i32,
@@ -100,6 +107,7 @@ async fn main() -> ExitCode {
         redis_url: cli.connection.redis_url,
         namespace: cli.connection.namespace,
         concurrency: usize::from(cli.concurrency),
+        heartbeat: cli.heartbeat_ms.map(Duration::from_millis),
         max_attempts: cli.max_attempts,
         migrations,
     };

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use apalis_core::backend::TaskSink;
+use apalis_core::backend::ext::poll_strategy::{PollWith, StreamStrategy};
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
@@ -12,11 +13,14 @@ use provision_shared::ProvisionError;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use serde_json::Value;
 
-/// How often a worker of `kind` heartbeats. An idle worker looks for new
-/// jobs only at its heartbeat, so this bounds the pick-up delay: a signup
-/// waits at most 100 ms for its `CreateTenant` to start (the library's
-/// default of 30 s is what a signup must never see), and so does each batch
-/// of a migrate-all; demo data may wait up to half a second.
+use crate::wake::{WakeSignal, Wakers};
+
+/// How often a worker of `kind` heartbeats. A push wakes an idle worker at
+/// once (see [`crate::wake`]); the heartbeat is the fallback when a wake-up
+/// is lost and the poll for delayed jobs (retries), so it still bounds the
+/// pick-up delay: 100 ms for `CreateTenant` and `MigrateSchema` (the
+/// library's default of 30 s is what a signup must never see), half a
+/// second for demo data.
 pub fn heartbeat(kind: JobKind) -> Duration {
     match kind {
         JobKind::CreateTenant | JobKind::MigrateSchema => Duration::from_millis(100),
@@ -34,8 +38,14 @@ pub const ORPHANED_AFTER: Duration = Duration::from_secs(5);
 /// One job fetched at a time: with larger batches a busy worker stops
 /// heartbeating and its prefetched jobs are run twice.
 pub fn queue_config(namespace: &str, kind: JobKind) -> Config {
-    let beat = heartbeat(kind);
-    let missed = usize::try_from(ORPHANED_AFTER.as_millis() / beat.as_millis()).unwrap_or(10);
+    queue_config_beating(namespace, kind, heartbeat(kind))
+}
+
+/// [`queue_config`] with heartbeat `beat` instead of the kind's own.
+pub fn queue_config_beating(namespace: &str, kind: JobKind, beat: Duration) -> Config {
+    let missed = usize::try_from(ORPHANED_AFTER.as_millis() / beat.as_millis().max(1))
+        .unwrap_or(10)
+        .max(1);
     Config::default()
         .queue(kind.queue(namespace))
         .heartbeat_interval(beat)
@@ -49,6 +59,23 @@ pub fn queue_config(namespace: &str, kind: JobKind) -> Config {
 /// handler's to report rather than the library's to retry.
 pub fn storage(conn: ConnectionManager, namespace: &str, kind: JobKind) -> RedisStorage<Value> {
     RedisStorage::new(conn).with_config(queue_config(namespace, kind))
+}
+
+/// The storage a job loop of `kind` fetches from: polled at its heartbeat
+/// (`beat`, or the kind's own), and whenever `wakers` says a job of `kind`
+/// was pushed.
+pub fn woken_storage(
+    conn: ConnectionManager,
+    namespace: &str,
+    kind: JobKind,
+    beat: Option<Duration>,
+    wakers: &Wakers,
+) -> PollWith<RedisStorage<Value>, StreamStrategy<WakeSignal>> {
+    let config = queue_config_beating(namespace, kind, beat.unwrap_or_else(|| heartbeat(kind)));
+    PollWith::new(
+        RedisStorage::new(conn).with_config(config),
+        StreamStrategy::new(wakers.signal(kind)),
+    )
 }
 
 /// Pushes jobs onto the queues: the [`JobSink`] of both binaries.
@@ -348,6 +375,19 @@ impl JobSink for RedisQueue {
             .await
             .map_err(|_| ProvisionError::Queue("timed out pushing a job".into()))?
             .map_err(|e| ProvisionError::Queue(e.to_string()))?;
+        if job.delay_ms == 0 {
+            // Wake an idle worker now rather than at its next heartbeat. The
+            // job is safely queued already: a lost wake-up only delays it.
+            let mut conn = self.conn.clone();
+            let woken = redis::cmd("PUBLISH")
+                .arg(crate::wake::channel(&self.namespace, job.kind))
+                .arg(job.kind.name())
+                .query_async::<u64>(&mut conn)
+                .await;
+            if let Err(e) = woken {
+                tracing::debug!(error = %e, "could not announce a pushed job; a worker finds it at its heartbeat");
+            }
+        }
         Ok(id.to_string())
     }
 }

@@ -22,7 +22,8 @@ use apalis_cron::CronScheduler;
 
 use crate::handlers::{self, WorkerState};
 use crate::metrics::{self, Metrics};
-use crate::queue::{RedisQueue, storage};
+use crate::queue::{RedisQueue, woken_storage};
+use crate::wake::{self, Wakers};
 use crate::{maintenance, schedule};
 
 /// A job loop dying more than this many times within [`LOOP_DEATH_WINDOW`]
@@ -63,6 +64,8 @@ fn loop_name(process: &str, job_loop: Loop, generation: u32) -> String {
 /// What starting a job loop needs.
 struct JobLoops {
     state: Arc<WorkerState>,
+    wakers: Wakers,
+    heartbeat: Option<Duration>,
     concurrency: usize,
     schedule: Option<cron::Schedule>,
     stop: watch::Receiver<bool>,
@@ -84,21 +87,39 @@ impl JobLoops {
         let state = self.state.clone();
         let ended = match job_loop {
             Loop::Queue(JobKind::CreateTenant) => WorkerBuilder::new(name)
-                .backend(storage(conn, &ns, JobKind::CreateTenant))
+                .backend(woken_storage(
+                    conn,
+                    &ns,
+                    JobKind::CreateTenant,
+                    self.heartbeat,
+                    &self.wakers,
+                ))
                 .concurrency(self.concurrency)
                 .data(state)
                 .build(handlers::create_tenant)
                 .run_until(stopped)
                 .boxed(),
             Loop::Queue(JobKind::SeedDemoData) => WorkerBuilder::new(name)
-                .backend(storage(conn, &ns, JobKind::SeedDemoData))
+                .backend(woken_storage(
+                    conn,
+                    &ns,
+                    JobKind::SeedDemoData,
+                    self.heartbeat,
+                    &self.wakers,
+                ))
                 .concurrency(self.concurrency)
                 .data(state)
                 .build(handlers::seed_demo_data)
                 .run_until(stopped)
                 .boxed(),
             Loop::Queue(JobKind::MigrateSchema) => WorkerBuilder::new(name)
-                .backend(storage(conn, &ns, JobKind::MigrateSchema))
+                .backend(woken_storage(
+                    conn,
+                    &ns,
+                    JobKind::MigrateSchema,
+                    self.heartbeat,
+                    &self.wakers,
+                ))
                 .concurrency(self.concurrency)
                 .data(state)
                 .build(handlers::migrate_schema_job)
@@ -130,6 +151,9 @@ pub struct WorkerSettings {
     pub namespace: String,
     /// Jobs run at once, per queue.
     pub concurrency: usize,
+    /// The job loops' heartbeat, when not each queue's own (see
+    /// [`crate::queue::heartbeat`]).
+    pub heartbeat: Option<Duration>,
     /// Executions of a step before its tenant is failed.
     pub max_attempts: i32,
     /// Tenant migrations to apply.
@@ -223,8 +247,17 @@ pub async fn run_worker(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let wakers = Wakers::new();
+    let listener = tokio::spawn(wake::listen(
+        settings.redis_url.clone(),
+        settings.namespace.clone(),
+        wakers.clone(),
+        stop_rx.clone(),
+    ));
     let loops = JobLoops {
         state: state.clone(),
+        wakers,
+        heartbeat: settings.heartbeat,
         concurrency: settings.concurrency,
         schedule: settings.migrate_all_cron.clone(),
         stop: stop_rx.clone(),
@@ -330,6 +363,7 @@ pub async fn run_worker(
         }
     }
     let _ = maintenance.await;
+    let _ = listener.await;
     // Give the pool a moment to close its connections cleanly.
     tokio::time::timeout(Duration::from_secs(5), state.pool.close())
         .await

@@ -1,0 +1,175 @@
+//! Waking an idle job loop the moment a job is pushed, instead of at its
+//! next heartbeat.
+//!
+//! apalis-redis puts every push in the queue's scheduled set and an idle
+//! worker looks there only when its heartbeat fires; its own pub/sub wake-up
+//! is never sent for such pushes. So [`crate::queue::RedisQueue`] publishes
+//! on the queue's wake channel after each push that is due at once, and every
+//! worker process listens on its namespace's channels: a message wakes that
+//! queue's job loop, which then fetches. Pub/sub is fire-and-forget; a wake
+//! lost (listener reconnecting, say) costs one heartbeat of delay, never a
+//! job, since the heartbeat still polls.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use futures::{Stream, StreamExt};
+use provision_shared::jobs::JobKind;
+use tokio::sync::watch;
+
+/// The channel a push of `kind` under `namespace` is announced on.
+pub fn channel(namespace: &str, kind: JobKind) -> String {
+    format!("{}:wake", kind.queue(namespace))
+}
+
+#[derive(Debug, Default)]
+struct Flag {
+    waker: AtomicWaker,
+    raised: AtomicBool,
+}
+
+/// A stream that yields once per wake-up (wake-ups that arrive before it
+/// is polled collapse into one): the poll strategy of one queue's job loop.
+#[derive(Debug, Clone, Default)]
+pub struct WakeSignal(Arc<Flag>);
+
+impl WakeSignal {
+    /// Wakes the job loop polling this signal (or the next one to poll it).
+    pub fn raise(&self) {
+        self.0.raised.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+}
+
+impl Stream for WakeSignal {
+    type Item = ();
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        let flag = &self.0;
+        if flag.raised.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(Some(()));
+        }
+        // Register before looking again, so a raise in between is not lost.
+        flag.waker.register(cx.waker());
+        if flag.raised.swap(false, Ordering::AcqRel) {
+            Poll::Ready(Some(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One [`WakeSignal`] per job kind of this process.
+#[derive(Debug, Clone, Default)]
+pub struct Wakers {
+    by_kind: HashMap<&'static str, WakeSignal>,
+}
+
+impl Wakers {
+    /// A signal for every job kind.
+    pub fn new() -> Self {
+        Self {
+            by_kind: JobKind::ALL
+                .into_iter()
+                .map(|kind| (kind.name(), WakeSignal::default()))
+                .collect(),
+        }
+    }
+
+    /// The signal of `kind`'s job loop.
+    pub fn signal(&self, kind: JobKind) -> WakeSignal {
+        self.by_kind[kind.name()].clone()
+    }
+
+    fn raise_all(&self) {
+        self.by_kind.values().for_each(WakeSignal::raise);
+    }
+}
+
+/// Listens on the namespace's wake channels until `stop`, raising the
+/// signal of the queue named by each message. Reconnects after an error;
+/// raises every signal after each (re)subscription, as pushes made while
+/// it was away announced nothing.
+pub async fn listen(redis_url: String, namespace: String, wakers: Wakers, mut stop: watch::Receiver<bool>) {
+    let channels: HashMap<String, JobKind> = JobKind::ALL
+        .into_iter()
+        .map(|kind| (channel(&namespace, kind), kind))
+        .collect();
+    let mut failures = 0u32;
+    while !*stop.borrow() {
+        let subscribed = async {
+            let client = redis::Client::open(redis_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            for name in channels.keys() {
+                pubsub.subscribe(name).await?;
+            }
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            result = tokio::time::timeout(Duration::from_secs(5), subscribed) => result,
+        };
+        match pubsub {
+            Ok(Ok(pubsub)) => {
+                failures = 0;
+                wakers.raise_all();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Some(kind) = channels.get(message.get_channel_name()) {
+                                    wakers.signal(*kind).raise();
+                                }
+                            }
+                            None => {
+                                tracing::debug!("wake channel closed; subscribing again");
+                                break;
+                            }
+                        },
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                tracing::debug!(error = %e, "could not subscribe to the wake channels");
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::debug!("timed out subscribing to the wake channels");
+            }
+        }
+        let pause = Duration::from_millis(200 * u64::from(failures.min(10)).max(1));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn raises_collapse_and_are_not_lost_before_the_first_poll() {
+        let mut signal = WakeSignal::default();
+        assert!(signal.next().now_or_never().is_none());
+        signal.raise();
+        signal.raise();
+        assert_eq!(signal.next().now_or_never(), Some(Some(())));
+        assert!(signal.next().now_or_never().is_none());
+    }
+
+    #[test]
+    fn channels_are_per_queue_under_the_namespace() {
+        assert_eq!(channel("ns", JobKind::CreateTenant), "ns:create_tenant:wake");
+    }
+}
