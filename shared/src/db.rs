@@ -34,16 +34,24 @@ pub fn redact_url(url: &str) -> String {
 
 /// A pool for `url` with at most `max_connections`.
 ///
-/// Connections are recycled after 10 minutes: a connection that provisions
+/// Connections are recycled after a minute: a connection that provisions
 /// many tenants slows down as its per-connection caches grow (see
-/// `shared/spec/postgres-notes.md`).
+/// `shared/spec/postgres-notes.md`: flat when replaced every 500 tenants,
+/// about what a busy connection does in a minute), and opening one costs a
+/// few milliseconds.
+///
+/// The server checks every second that the client is still there while it
+/// runs a statement: a worker killed mid-script would otherwise leave its
+/// backend running the rest of the script, steps included.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ProvisionError> {
     let options: PgConnectOptions = url.parse()?;
-    let options = options.disable_statement_logging();
+    let options = options
+        .options([("client_connection_check_interval", "1000")])
+        .disable_statement_logging();
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .max_lifetime(Duration::from_secs(600))
+        .max_lifetime(Duration::from_secs(60))
         .idle_timeout(Duration::from_secs(60))
         .connect_with(options)
         .await?;

@@ -13,6 +13,7 @@ pub mod operator;
 pub mod password;
 pub mod provision;
 pub mod reconcile;
+pub mod script;
 pub mod state;
 pub mod status;
 pub mod validate;

@@ -1,10 +1,17 @@
 //! The migration runner for the public schema and for tenant schemas.
 //!
-//! Each migration runs in its own transaction, under an advisory lock that
-//! covers only its target (the public schema, or one tenant schema), so
-//! different schemas migrate in parallel and the same one never twice at
-//! once. Applied migrations are recorded with a checksum of their SQL; a
-//! changed checksum is a permanent error.
+//! Migrations run under an advisory lock that covers only their target (the
+//! public schema, or one tenant schema), so different schemas migrate in
+//! parallel and the same one never twice at once. Applied migrations are
+//! recorded with a checksum of their SQL; a changed checksum is a permanent
+//! error.
+//!
+//! Two ways for a tenant schema: [`pending_migrations_sql`] writes all of a
+//! schema's pending migrations as one transaction for a one-message script
+//! (the fast path of provisioning and migrate-all), and
+//! [`migrate_schema_on`] applies them one transaction and round trips each,
+//! reading and checking what is recorded first: the fallback, which says
+//! exactly what is wrong.
 
 use std::{fmt::Write as _, path::Path, sync::Arc};
 
@@ -13,6 +20,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::ProvisionError;
 use crate::ident::{advisory_key, quote_ident, trusted_sql};
+use crate::script::literal;
 
 /// A migration compiled into the binary (see `build.rs`).
 #[derive(Debug, Clone, Copy)]
@@ -193,6 +201,69 @@ pub async fn migrate_schema_on(
             });
         }
     }
+}
+
+/// The statements that bring `schema` from migration `applied` (the newest
+/// one recorded there; 0 for none) to the newest of `set`, for a script
+/// (see [`crate::script`]) to run inside its own transaction: the schema's
+/// lock, a guard that its recorded migrations are exactly those of `set`
+/// up to `applied` (else the script stops with
+/// [`crate::script::GUARD_FAILED`], and the caller falls back to
+/// [`migrate_schema_on`], which says what is wrong), every pending
+/// migration with its bookkeeping row, and the tenant's `schema_version`.
+/// `None` when nothing is pending.
+pub fn pending_migrations_sql(
+    set: &TenantMigrations,
+    schema: &str,
+    applied: i32,
+) -> Result<Option<(String, Vec<i32>)>, ProvisionError> {
+    let pending: Vec<&Migration> = set.all().iter().filter(|m| m.version > applied).collect();
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let expected: Vec<String> = set
+        .all()
+        .iter()
+        .filter(|m| m.version <= applied)
+        .map(|m| format!("{}:{}", m.version, m.checksum))
+        .collect();
+    let schema_literal = literal(schema)?;
+    let mut sql = format!(
+        "SELECT pg_advisory_xact_lock({key});\n\
+         SET LOCAL search_path TO {ident};\n\
+         SELECT public.provision_assert(\n\
+             (SELECT coalesce(string_agg(version || ':' || checksum, ',' ORDER BY version), '')\n\
+              FROM provision_schema_migration) = {expected},\n\
+             {message});\n",
+        key = advisory_key("migrate", schema),
+        ident = quote_ident(schema),
+        expected = literal(&expected.join(","))?,
+        message = literal(&format!(
+            "schema {schema}: its recorded migrations are not those up to {applied} of this worker"
+        ))?,
+    );
+    for m in &pending {
+        // A newline first, so a file ending in a `--` comment cannot swallow
+        // the semicolon.
+        sql.push_str(m.sql.trim_end());
+        sql.push_str("\n;\n");
+        writeln!(
+            sql,
+            "INSERT INTO provision_schema_migration (version, name, checksum) VALUES ({}, {}, {});",
+            m.version,
+            literal(&m.name)?,
+            literal(&m.checksum)?
+        )
+        .expect("writing to a String");
+    }
+    writeln!(
+        sql,
+        "UPDATE public.provision_tenant SET schema_version = {} WHERE schema_name = {schema_literal};\n\
+         SET LOCAL search_path TO public;",
+        set.latest()
+    )
+    .expect("writing to a String");
+    Ok(Some((sql, pending.iter().map(|m| m.version).collect())))
 }
 
 async fn apply_one(tx: &mut PgConnection, migration: &Migration, schema: &str) -> Result<(), ProvisionError> {

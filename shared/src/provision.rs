@@ -9,12 +9,13 @@
 //! lock, so two workers never interleave them.
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{InvalidInput, ProvisionError, violated_constraint};
-use crate::ident::{advisory_key, quote_ident, schema_sql, trusted_sql};
+use crate::ident::{advisory_key, quote_ident, schema_sql};
 use crate::jobs::{JobKind, JobRequest, JobSink};
-use crate::migrate::{TenantMigrations, migrate_schema_on};
+use crate::migrate::{TenantMigrations, migrate_schema_on, pending_migrations_sql};
+use crate::script::literal;
 use crate::state::{Step, TenantState};
 use crate::validate;
 
@@ -317,7 +318,6 @@ struct TenantRow {
     admin_email: String,
     admin_password_hash: Option<String>,
     trial_days: i32,
-    tenant_id: Option<i32>,
     last_error: Option<String>,
 }
 
@@ -365,7 +365,7 @@ async fn drive_steps<S: JobSink>(
         "UPDATE public.provision_tenant SET attempt = attempt + 1, updated_at = now()
          WHERE schema_name = $1 AND state NOT IN ('ready', 'failed')
          RETURNING state, attempt, tenant_name, domain, admin_email, admin_password_hash,
-                   trial_days, tenant_id, last_error",
+                   trial_days, last_error",
     )
     .bind(schema_name)
     .fetch_optional(&mut *conn)
@@ -397,6 +397,43 @@ async fn drive_steps<S: JobSink>(
         return Ok(JobOutcome::Finished(TenantState::Failed));
     }
     let mut steps_run = 0;
+    let mut demo_data_state = None;
+    // Fast path: every step left, each still its own transaction, sent in
+    // one message. Not when resuming at `migrate`, where the migrations
+    // already applied are not known without asking.
+    let planned = plan_steps(state, max_steps);
+    if state != TenantState::SchemaCreated
+        && let Some(sql) = steps_in_one_message(env, schema_name, &row, &planned)
+    {
+        let sent = std::time::Instant::now();
+        match crate::script::run(conn, sql).await {
+            Ok(rows) => {
+                demo_data_state = record_transitions(schema_name, &planned, &rows, row.attempt, sent);
+                state = planned.last().map_or(state, |p| p.2);
+                steps_run = planned.len();
+                row.attempt = 1;
+            }
+            Err(failure) => {
+                // Look at what committed, then go on step by step from
+                // there: that path reports the failing step's error exactly.
+                let (now, attempt): (String, i32) = sqlx::query_as(
+                    "SELECT state, attempt FROM public.provision_tenant WHERE schema_name = $1",
+                )
+                .bind(schema_name)
+                .fetch_one(&mut *conn)
+                .await?;
+                tracing::debug!(schema_name, error = %failure.error, stopped_in = %now, "steps sent together stopped; going on one at a time");
+                let now: TenantState = now.parse().map_err(ProvisionError::WrongState)?;
+                let done = planned.iter().take_while(|p| p.1 != now).count();
+                record_transitions(schema_name, &planned[..done], &failure.rows, row.attempt, sent);
+                if done > 0 {
+                    row.attempt = attempt;
+                }
+                state = now;
+                steps_run = done;
+            }
+        }
+    }
     while let Some((step, next)) = state.next_step() {
         if steps_run == max_steps {
             return Ok(JobOutcome::Paused(state));
@@ -406,7 +443,7 @@ async fn drive_steps<S: JobSink>(
         let _entered = span.enter();
         let started_at = std::time::Instant::now();
         match run_step(env, conn, schema_name, &mut row, step, state, next).await {
-            Ok(()) => {
+            Ok(demo) => {
                 tracing::info!(
                     schema_name,
                     from = state.as_str(),
@@ -418,6 +455,7 @@ async fn drive_steps<S: JobSink>(
                 );
                 state = next;
                 row.attempt = 1;
+                demo_data_state = demo;
             }
             Err(error) if error.is_permanent() || row.attempt >= env.max_attempts => {
                 let message = if error.is_permanent() {
@@ -455,7 +493,97 @@ async fn drive_steps<S: JobSink>(
             }
         }
     }
+    if state == TenantState::Ready && demo_data_state.as_deref() == Some("pending") {
+        // Demo data asked for at creation, or by `seed-demo-data` while the
+        // tenant was being provisioned. Pushed once `ready` has committed;
+        // if this push is lost (a crash, Redis away), the reconciler finds
+        // the tenant ready with demo data pending and pushes it.
+        if let Err(e) = env
+            .sink
+            .push(JobRequest::now(JobKind::SeedDemoData, schema_name))
+            .await
+        {
+            tracing::warn!(schema_name, error = %e, "could not push the demo data job; the reconciler will");
+        }
+    }
     Ok(JobOutcome::Finished(state))
+}
+
+/// The steps from `state` on, at most `max_steps`: (step, from, to).
+fn plan_steps(mut state: TenantState, max_steps: usize) -> Vec<(Step, TenantState, TenantState)> {
+    let mut plan = Vec::new();
+    while let Some((step, next)) = state.next_step() {
+        if plan.len() == max_steps {
+            break;
+        }
+        plan.push((step, state, next));
+        state = next;
+    }
+    plan
+}
+
+/// The script of the `planned` steps, or `None` when there are none or one
+/// cannot be written here (the step-by-step path then reports why).
+fn steps_in_one_message<S: JobSink>(
+    env: &JobEnv<'_, S>,
+    schema_name: &str,
+    row: &TenantRow,
+    planned: &[(Step, TenantState, TenantState)],
+) -> Option<String> {
+    if planned.is_empty() {
+        return None;
+    }
+    let mut sql = String::from("SELECT clock_timestamp() AS started_at;\n");
+    for &(step, from, to) in planned {
+        // Before `migrate`, the schema is new (created by this script or by
+        // an earlier job): nothing is recorded in it yet.
+        sql.push_str(&step_sql(env, schema_name, row, step, from, to, 0).ok()?);
+    }
+    Some(sql)
+}
+
+/// Logs a `transition` event per step the script returned a row for, timed
+/// by the server's clock; returns the demo data state the last one saw.
+fn record_transitions(
+    schema_name: &str,
+    planned: &[(Step, TenantState, TenantState)],
+    rows: &[sqlx::postgres::PgRow],
+    attempt: i32,
+    sent: std::time::Instant,
+) -> Option<String> {
+    use sqlx::Row;
+    let mut previous: Option<chrono::DateTime<chrono::Utc>> = None;
+    let mut steps = planned.iter();
+    let mut demo = None;
+    for row in rows {
+        if let Ok(started) = row.try_get::<chrono::DateTime<chrono::Utc>, _>("started_at") {
+            previous = Some(started);
+            continue;
+        }
+        let Ok(done_at) = row.try_get::<chrono::DateTime<chrono::Utc>, _>("done_at") else {
+            continue;
+        };
+        let Some((step, from, to)) = steps.next() else {
+            break;
+        };
+        let duration_ms = previous.map_or_else(
+            || sent.elapsed().as_secs_f64() * 1000.0,
+            |p| (done_at - p).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+        );
+        previous = Some(done_at);
+        demo = row.try_get::<Option<String>, _>("demo_data_state").ok().flatten();
+        let attempt = if step == &planned[0].0 { attempt } else { 1 };
+        tracing::info!(
+            schema_name,
+            from = from.as_str(),
+            to = to.as_str(),
+            step = step.as_str(),
+            attempt,
+            duration_ms,
+            "transition"
+        );
+    }
+    demo
 }
 
 /// Exponential backoff with jitter: about 0.5 s, 1 s, 2 s … capped at 60 s,
@@ -468,6 +596,9 @@ pub fn retry_delay_ms(attempt: i32) -> u64 {
     base / 2 + base * u64::from(byte[0]) / 512
 }
 
+/// Runs one step on its own: its effect and transition in one message (for
+/// `migrate`, the migration runner first, then the transition). Returns the
+/// tenant's demo data state as the transition saw it.
 async fn run_step<S: JobSink>(
     env: &JobEnv<'_, S>,
     conn: &mut PgConnection,
@@ -476,57 +607,87 @@ async fn run_step<S: JobSink>(
     step: Step,
     from: TenantState,
     to: TenantState,
-) -> Result<(), ProvisionError> {
+) -> Result<Option<String>, ProvisionError> {
+    let applied = if step == Step::Migrate {
+        migrate_schema_on(conn, env.migrations, schema_name)
+            .await?
+            .version
+    } else {
+        0
+    };
+    let sql = step_sql(env, schema_name, row, step, from, to, applied)?;
+    let rows = match crate::script::run(conn, sql).await {
+        Ok(rows) => rows,
+        Err(failure) => {
+            return Err(explain_step_error(env.pool, step, failure.error, schema_name, row).await);
+        }
+    };
+    if step == Step::CreateAdmin {
+        row.admin_password_hash = None;
+    }
+    use sqlx::Row;
+    Ok(rows
+        .last()
+        .and_then(|r| r.try_get::<Option<String>, _>("demo_data_state").ok().flatten()))
+}
+
+/// One step of `schema_name` as a transaction for a script: its effect,
+/// then its transition. `applied` is the newest migration recorded in the
+/// schema (the `migrate` step applies the ones after it).
+fn step_sql<S: JobSink>(
+    env: &JobEnv<'_, S>,
+    schema_name: &str,
+    row: &TenantRow,
+    step: Step,
+    from: TenantState,
+    to: TenantState,
+    applied: i32,
+) -> Result<String, ProvisionError> {
+    use std::fmt::Write as _;
+    let s = literal(schema_name)?;
+    let ident = quote_ident(schema_name);
+    let mut sql = String::from("BEGIN;\n");
+    if to != TenantState::Ready {
+        // Only `ready` must be on disk before anyone hears of it. A server
+        // crash may lose an earlier step's commit, but always together with
+        // its effect, and the step runs again; the `ready` commit flushes
+        // every earlier one.
+        sql.push_str("SET LOCAL synchronous_commit TO off;\n");
+    }
     match step {
         Step::Register => {
-            let mut tx = conn.begin().await?;
-            let tenant_id = register(&mut tx, schema_name, row).await;
-            let tenant_id = match tenant_id {
-                Ok(id) => id,
-                Err(e) => {
-                    tx.rollback().await?;
-                    return Err(explain_register_conflict(env.pool, e, row).await);
-                }
-            };
-            sqlx::query("UPDATE public.provision_tenant SET tenant_id = $2 WHERE schema_name = $1")
-                .bind(schema_name)
-                .bind(tenant_id)
-                .execute(&mut *tx)
-                .await?;
-            row.tenant_id = Some(tenant_id);
-            transition(&mut tx, schema_name, from, to, step, row.attempt, env.actor).await?;
-            tx.commit().await?;
+            let days = row.trial_days;
+            write!(
+                sql,
+                "WITH client AS (
+                     INSERT INTO public.tenants_client
+                         (schema_name, name, paid_until, on_trial, is_active, trial_days, created_on)
+                     VALUES ({s}, {name}, (now() AT TIME ZONE 'UTC')::date + {days}, {on_trial}, false, {days},
+                             (now() AT TIME ZONE 'UTC')::date)
+                     RETURNING id),
+                 primary_domain AS (
+                     INSERT INTO public.tenants_domain (domain, tenant_id, is_primary)
+                     SELECT {domain}, id, true FROM client)
+                 UPDATE public.provision_tenant SET tenant_id = (SELECT id FROM client)
+                 WHERE schema_name = {s};\n",
+                name = literal(&row.tenant_name)?,
+                on_trial = days > 0,
+                domain = literal(&row.domain)?,
+            )
+            .expect("writing to a String");
         }
         Step::CreateSchema => {
-            let mut tx = conn.begin().await?;
-            let ident = quote_ident(schema_name);
-            let ddl = format!(
-                "CREATE SCHEMA {ident};\nSET LOCAL search_path TO {ident};\n{}\nSET LOCAL search_path TO public;",
+            write!(
+                sql,
+                "CREATE SCHEMA {ident};\nSET LOCAL search_path TO {ident};\n{}\nSET LOCAL search_path TO public;\n",
                 crate::migrate::TENANT_BOOKKEEPING
-            );
-            if let Err(e) = sqlx::raw_sql(trusted_sql(ddl)).execute(&mut *tx).await {
-                tx.rollback().await?;
-                return Err(match crate::error::sqlstate(&e).as_deref() {
-                    // duplicate_schema: made by someone else, since this step
-                    // commits the schema and the transition together.
-                    Some("42P06") => ProvisionError::conflict(
-                        "schema_name",
-                        format!(
-                            "schema {schema_name:?} already exists but was not created by this provisioning; \
-                             drop it or choose another schema name"
-                        ),
-                    ),
-                    _ => ProvisionError::Database(e),
-                });
-            }
-            transition(&mut tx, schema_name, from, to, step, row.attempt, env.actor).await?;
-            tx.commit().await?;
+            )
+            .expect("writing to a String");
         }
         Step::Migrate => {
-            migrate_schema_on(conn, env.migrations, schema_name).await?;
-            let mut tx = conn.begin().await?;
-            transition(&mut tx, schema_name, from, to, step, row.attempt, env.actor).await?;
-            tx.commit().await?;
+            if let Some((migrations, _)) = pending_migrations_sql(env.migrations, schema_name, applied)? {
+                sql.push_str(&migrations);
+            }
         }
         Step::CreateAdmin => {
             let Some(hash) = row.admin_password_hash.as_deref() else {
@@ -534,71 +695,109 @@ async fn run_step<S: JobSink>(
                     "the admin password hash is gone before the admin was created".into(),
                 ));
             };
-            let mut tx = conn.begin().await?;
-            sqlx::query(schema_sql(
-                "INSERT INTO {schema}.users_customuser
+            write!(
+                sql,
+                "INSERT INTO {ident}.users_customuser
                      (password, email, role, is_staff, is_superuser, is_active, email_verified, date_joined)
-                 VALUES ($1, $2, 'admin', true, true, true, true, now())
-                 ON CONFLICT (email) DO NOTHING",
-                schema_name,
-            ))
-            .bind(hash)
-            .bind(&row.admin_email)
-            .execute(&mut *tx)
-            .await?;
-            transition(&mut tx, schema_name, from, to, step, row.attempt, env.actor).await?;
-            tx.commit().await?;
-            row.admin_password_hash = None;
+                 VALUES ({hash}, {email}, 'admin', true, true, true, true, now())
+                 ON CONFLICT (email) DO NOTHING;\n",
+                hash = literal(hash)?,
+                email = literal(&row.admin_email)?,
+            )
+            .expect("writing to a String");
         }
         Step::Activate => {
-            // Demo data asked for at creation, or by `seed-demo-data` while
-            // the tenant was being provisioned.
-            let demo: String = sqlx::query_scalar(
-                "SELECT demo_data_state FROM public.provision_tenant WHERE schema_name = $1",
+            writeln!(
+                sql,
+                "UPDATE public.tenants_client SET is_active = true WHERE schema_name = {s};"
             )
-            .bind(schema_name)
-            .fetch_one(&mut *conn)
-            .await?;
-            if demo == "pending" {
-                // Pushed before the transition commits: if we crash in
-                // between, the step runs again and pushes again, and the seed
-                // job runs once in effect however often it is delivered.
-                env.sink
-                    .push(JobRequest::now(JobKind::SeedDemoData, schema_name))
-                    .await?;
-            }
-            let mut tx = conn.begin().await?;
-            sqlx::query("UPDATE public.tenants_client SET is_active = true WHERE schema_name = $1")
-                .bind(schema_name)
-                .execute(&mut *tx)
-                .await?;
-            transition(&mut tx, schema_name, from, to, step, row.attempt, env.actor).await?;
-            tx.commit().await?;
+            .expect("writing to a String");
         }
     }
-    Ok(())
+    sql.push_str(&transition_sql(
+        &s,
+        schema_name,
+        from,
+        to,
+        step,
+        row.attempt,
+        env.actor,
+    )?);
+    sql.push_str("COMMIT;\n");
+    Ok(sql)
 }
 
-/// Inserts the tenant, inactive until `ready`, and its primary domain.
-async fn register(tx: &mut PgConnection, schema_name: &str, row: &TenantRow) -> Result<i32, sqlx::Error> {
-    sqlx::query_scalar(
-        "WITH client AS (
-             INSERT INTO public.tenants_client
-                 (schema_name, name, paid_until, on_trial, is_active, trial_days, created_on)
-             VALUES ($1, $2, (now() AT TIME ZONE 'UTC')::date + $3, $3 > 0, false, $3,
-                     (now() AT TIME ZONE 'UTC')::date)
-             RETURNING id),
-         primary_domain AS (
-             INSERT INTO public.tenants_domain (domain, tenant_id, is_primary)
-             SELECT $4, id, true FROM client)
-         SELECT id FROM client",
-    )
-    .bind(schema_name)
-    .bind(&row.tenant_name)
-    .bind(row.trial_days)
-    .bind(&row.domain)
-    .fetch_one(&mut *tx)
-    .await
+/// Moves the tenant (`s`, its name as a literal) from `from` to `to` and
+/// records it: one guarded statement, which stops the script (the guard's
+/// SQLSTATE) if someone else moved the tenant. Returns a row with the step,
+/// the server's time, and the tenant's demo data state.
+fn transition_sql(
+    s: &str,
+    schema_name: &str,
+    from: TenantState,
+    to: TenantState,
+    step: Step,
+    attempt: i32,
+    actor: &str,
+) -> Result<String, ProvisionError> {
+    let ready = to == TenantState::Ready;
+    let drops_hash = matches!(to, TenantState::AdminCreated | TenantState::Ready);
+    Ok(format!(
+        "WITH moved AS (
+             UPDATE public.provision_tenant
+             SET state = '{to}',
+                 attempt = {attempt_after},
+                 last_error = NULL,
+                 updated_at = now(),
+                 ready_at = {ready_at},
+                 admin_password_hash = {hash}
+             WHERE schema_name = {s} AND state = '{from}'
+             RETURNING schema_name, demo_data_state),
+         recorded AS (
+             INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, actor)
+             SELECT schema_name, '{from}', '{to}', '{step}', {attempt}, {actor} FROM moved)
+         SELECT public.provision_assert(EXISTS (SELECT 1 FROM moved), {message}) AS guarded,
+                '{step}' AS step, clock_timestamp() AS done_at,
+                (SELECT demo_data_state FROM moved) AS demo_data_state;\n",
+        to = to.as_str(),
+        from = from.as_str(),
+        step = step.as_str(),
+        attempt_after = if ready { "attempt" } else { "1" },
+        ready_at = if ready { "now()" } else { "ready_at" },
+        hash = if drops_hash { "NULL" } else { "admin_password_hash" },
+        actor = literal(actor)?,
+        message = literal(&format!(
+            "tenant {schema_name:?} left state {from} while step {step} ran"
+        ))?,
+    ))
+}
+
+/// Turns a step's failed statement into the error the operator should see.
+async fn explain_step_error(
+    pool: &PgPool,
+    step: Step,
+    error: sqlx::Error,
+    schema_name: &str,
+    row: &TenantRow,
+) -> ProvisionError {
+    match (step, crate::error::sqlstate(&error).as_deref()) {
+        (_, Some(crate::script::GUARD_FAILED)) => ProvisionError::WrongState(
+            error
+                .as_database_error()
+                .map_or_else(|| error.to_string(), |db| db.message().to_owned()),
+        ),
+        (Step::Register, _) => explain_register_conflict(pool, error, row).await,
+        // duplicate_schema: made by someone else, since this step commits
+        // the schema and the transition together.
+        (Step::CreateSchema, Some("42P06")) => ProvisionError::conflict(
+            "schema_name",
+            format!(
+                "schema {schema_name:?} already exists but was not created by this provisioning; \
+                 drop it or choose another schema name"
+            ),
+        ),
+        _ => ProvisionError::Database(error),
+    }
 }
 
 async fn explain_register_conflict(pool: &PgPool, error: sqlx::Error, row: &TenantRow) -> ProvisionError {
@@ -627,50 +826,6 @@ async fn explain_register_conflict(pool: &PgPool, error: sqlx::Error, row: &Tena
             )
         }
         _ => ProvisionError::Database(error),
-    }
-}
-
-/// Moves `schema_name` from `from` to `to` and records it: one guarded
-/// statement, whose zero rows means someone else moved the tenant.
-async fn transition(
-    tx: &mut PgConnection,
-    schema_name: &str,
-    from: TenantState,
-    to: TenantState,
-    step: Step,
-    attempt: i32,
-    actor: &str,
-) -> Result<(), ProvisionError> {
-    let moved = sqlx::query(
-        "WITH moved AS (
-             UPDATE public.provision_tenant
-             SET state = $3,
-                 attempt = CASE WHEN $3 = 'ready' THEN attempt ELSE 1 END,
-                 last_error = NULL,
-                 updated_at = now(),
-                 ready_at = CASE WHEN $3 = 'ready' THEN now() ELSE ready_at END,
-                 admin_password_hash = CASE WHEN $3 IN ('admin_created', 'ready') THEN NULL
-                                            ELSE admin_password_hash END
-             WHERE schema_name = $1 AND state = $2
-             RETURNING schema_name)
-         INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, actor)
-         SELECT schema_name, $2, $3, $4, $5, $6 FROM moved",
-    )
-    .bind(schema_name)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(step.as_str())
-    .bind(attempt)
-    .bind(actor)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if moved == 1 {
-        Ok(())
-    } else {
-        Err(ProvisionError::WrongState(format!(
-            "tenant {schema_name:?} left state {from} while step {step} ran"
-        )))
     }
 }
 

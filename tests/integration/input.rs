@@ -280,3 +280,55 @@ mod hostile {
         (0..n).new_tree(runner).unwrap().current()
     }
 }
+
+/// The steps go to PostgreSQL as one message with values as literals: a
+/// tenant name made of quotes, backslashes, dollar quotes and comment
+/// markers is stored exactly as given, and nothing else is touched.
+#[tokio::test]
+async fn a_tenant_name_full_of_sql_metacharacters_is_stored_exactly() {
+    use provision_shared::migrate::TenantMigrations;
+    use provision_shared::password::django_argon2_hash;
+    use provision_shared::provision::{JobEnv, JobOutcome, TenantRequest, record_request, run_create_tenant};
+    use provision_shared::state::TenantState;
+    let env = TestEnv::new("literal").await;
+    let name = r#"O'Brien \' \\ $$; DROP TABLE tenants_client; -- /* "Κτίριο" E'\x41' $tag$"#;
+    let request = TenantRequest {
+        schema_name: "literal_theo".into(),
+        tenant_name: name.into(),
+        domain: "literal-theo.newconcierge.app".into(),
+        admin_email: "o.brien+$$/*x*/--@example.com".into(),
+        admin_password_hash: django_argon2_hash("a-long-password"),
+        trial_days: 30,
+        seed_demo_data: false,
+    };
+    record_request(&env.pool, &request, "test").await.unwrap();
+    let migrations = TenantMigrations::embedded();
+    let job = JobEnv {
+        pool: &env.pool,
+        sink: &crate::provisioning::NoQueue,
+        migrations: &migrations,
+        actor: "worker 'quoted' \\ actor",
+        max_attempts: 8,
+    };
+    assert_eq!(
+        run_create_tenant(&job, "literal_theo").await.unwrap(),
+        JobOutcome::Finished(TenantState::Ready)
+    );
+    let (stored, clients): (String, i64) = sqlx::query_as(
+        "SELECT (SELECT name FROM tenants_client WHERE schema_name = 'literal_theo'),
+                (SELECT count(*) FROM tenants_client)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((stored.as_str(), clients), (name, 1));
+    let (email, actors): (String, Vec<String>) = sqlx::query_as(
+        "SELECT (SELECT email FROM literal_theo.users_customuser),
+                (SELECT array_agg(DISTINCT actor) FROM provision_event WHERE step <> 'request')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(email, "o.brien+$$/*x*/--@example.com");
+    assert_eq!(actors, ["worker 'quoted' \\ actor"]);
+}
