@@ -78,6 +78,10 @@ pub struct MigrateSchema {
     /// The migrate-all run this job belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<i64>,
+    /// Further schemas of the same run, migrated by the same job after
+    /// `schema_name`, in order: one queue round trip for many schemas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_schema_names: Vec<String>,
 }
 
 /// A job to push, with when it may run.
@@ -89,6 +93,9 @@ pub struct JobRequest {
     pub schema_name: String,
     /// For [`JobKind::MigrateSchema`]: the run it belongs to.
     pub run_id: Option<i64>,
+    /// For [`JobKind::MigrateSchema`] of a run: more schemas to migrate
+    /// after `schema_name`.
+    pub more_schema_names: Vec<String>,
     /// Not before this many milliseconds from now (0: at once).
     pub delay_ms: u64,
 }
@@ -100,6 +107,7 @@ impl JobRequest {
             kind,
             schema_name: schema_name.into(),
             run_id: None,
+            more_schema_names: Vec::new(),
             delay_ms: 0,
         }
     }
@@ -120,6 +128,7 @@ impl JobRequest {
                 v: PAYLOAD_VERSION,
                 schema_name,
                 run_id: self.run_id,
+                more_schema_names: self.more_schema_names.clone(),
             }),
         }
         .expect("payloads are plain structs")

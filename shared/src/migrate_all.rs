@@ -15,8 +15,9 @@ use sqlx::PgPool;
 use crate::error::{ProvisionError, violated_constraint};
 use crate::ident::advisory_key;
 use crate::jobs::{JobKind, JobRequest, JobSink};
-use crate::migrate::{SchemaMigrated, TenantMigrations, migrate_schema};
+use crate::migrate::{SchemaMigrated, TenantMigrations, migrate_schema, pending_migrations_sql};
 use crate::provision::retry_delay_ms;
+use crate::script::literal;
 
 /// At most this many jobs of migrate-all runs wait in Redis at once: far
 /// below the ~8,000 where the queue library wedges.
@@ -177,12 +178,38 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     // Pushed after the claim commits, so a job never finds its row not yet
     // queued. A crash in between leaves rows queued with no job: after
     // QUEUED_TIMEOUT_SECS they are handed out again.
-    for (run_id, schema_name) in &claimed {
-        let mut job = JobRequest::now(JobKind::MigrateSchema, schema_name.as_str());
-        job.run_id = Some(*run_id);
+    let jobs = batch_jobs(claimed);
+    let schemas = jobs.iter().map(|j| 1 + j.more_schema_names.len()).sum();
+    for job in jobs {
         sink.push(job).await?;
     }
-    Ok(claimed.len())
+    Ok(schemas)
+}
+
+/// At most this many schemas go in one `MigrateSchema` job.
+pub const MAX_SCHEMAS_PER_JOB: usize = 25;
+
+/// Groups claimed (run, schema) rows into `MigrateSchema` jobs: several
+/// schemas per job, so the queue's fetch and acknowledgement are paid once
+/// for many schemas, but at least about 32 jobs when there are that many
+/// schemas, so every worker slot gets some.
+fn batch_jobs(mut claimed: Vec<(i64, String)>) -> Vec<JobRequest> {
+    claimed.sort_unstable();
+    let per_job = (claimed.len() / 32).clamp(1, MAX_SCHEMAS_PER_JOB);
+    let mut jobs: Vec<JobRequest> = Vec::new();
+    for (run_id, schema_name) in claimed {
+        match jobs.last_mut() {
+            Some(job) if job.run_id == Some(run_id) && job.more_schema_names.len() + 1 < per_job => {
+                job.more_schema_names.push(schema_name);
+            }
+            _ => {
+                let mut job = JobRequest::now(JobKind::MigrateSchema, schema_name);
+                job.run_id = Some(run_id);
+                jobs.push(job);
+            }
+        }
+    }
+    jobs
 }
 
 /// Migrates one tenant's schema outside any run (`provision migrate
@@ -229,11 +256,86 @@ pub enum SchemaOutcome {
     Failed(String),
     /// A transient error: pending again after a delay.
     Retrying(String),
+    /// The schema's row was not queued: a duplicate or stale job, whose
+    /// schema already ended (or was handed out again). Nothing was done.
+    NotQueued,
+}
+
+/// Runs a run's `MigrateSchema` job for `schema_names`, in order, and
+/// records how each ended; finishes the run when none is left open.
+///
+/// A schema behind the run's target is migrated in one round trip: its
+/// pending migrations, their bookkeeping and its outcome in one transaction
+/// (see [`pending_migrations_sql`]). Anything else (already current, a
+/// guard or a migration that fails, a lost connection) goes through
+/// [`migrate_run_schema`], which looks again and reports exactly.
+pub async fn migrate_run_schemas(
+    pool: &PgPool,
+    migrations: &TenantMigrations,
+    run_id: i64,
+    schema_names: &[String],
+    max_attempts: i32,
+) -> Result<Vec<(String, SchemaOutcome)>, ProvisionError> {
+    let queued: Vec<(String, i32, i32)> = sqlx::query_as(
+        "SELECT s.schema_name, r.target_version, coalesce(t.schema_version, 0)
+         FROM public.provision_migration_run_schema s
+         JOIN public.provision_migration_run r ON r.id = s.run_id
+         LEFT JOIN public.provision_tenant t ON t.schema_name = s.schema_name
+         WHERE s.run_id = $1 AND s.schema_name = ANY($2) AND s.state = 'queued'",
+    )
+    .bind(run_id)
+    .bind(schema_names)
+    .fetch_all(pool)
+    .await?;
+    let mut conn = pool.acquire().await?;
+    let mut outcomes = Vec::with_capacity(schema_names.len());
+    for schema_name in schema_names {
+        let Some((_, target, version)) = queued.iter().find(|q| &q.0 == schema_name) else {
+            outcomes.push((schema_name.clone(), SchemaOutcome::NotQueued));
+            continue;
+        };
+        if *version < *target
+            && migrations.latest() >= *target
+            && let Some((sql, applied)) = pending_migrations_sql(migrations, schema_name, *version)?
+        {
+            let script = format!(
+                "BEGIN;\n{sql}UPDATE public.provision_migration_run_schema
+                 SET state = 'migrated', applied = '{{{applied}}}', error = NULL, updated_at = now()
+                 WHERE run_id = {run_id} AND schema_name = {schema} AND state = 'queued';\nCOMMIT;",
+                applied = applied.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
+                schema = literal(schema_name)?,
+            );
+            match crate::script::run(&mut conn, script).await {
+                Ok(_) => {
+                    outcomes.push((schema_name.clone(), SchemaOutcome::Migrated(applied)));
+                    continue;
+                }
+                Err(failure) => {
+                    tracing::debug!(schema_name, error = %failure.error, "one-trip migration stopped; migrating step by step");
+                    // The connection may be the reason: take another.
+                    drop(conn);
+                    conn = pool.acquire().await?;
+                }
+            }
+        }
+        let outcome = migrate_run_schema(pool, migrations, run_id, schema_name, max_attempts).await?;
+        outcomes.push((schema_name.clone(), outcome));
+    }
+    sqlx::query(
+        "UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
+         WHERE r.id = $1 AND r.state = 'running' AND NOT EXISTS (
+             SELECT 1 FROM public.provision_migration_run_schema s
+             WHERE s.run_id = $1 AND s.state IN ('pending', 'queued'))",
+    )
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(outcomes)
 }
 
 /// Runs a run's `MigrateSchema` job for `schema_name` and records how it
 /// ended; finishes the run when it was the last open schema.
-pub async fn migrate_run_schema(
+async fn migrate_run_schema(
     pool: &PgPool,
     migrations: &TenantMigrations,
     run_id: i64,
@@ -250,8 +352,7 @@ pub async fn migrate_run_schema(
     .fetch_optional(pool)
     .await?;
     let Some((attempt, target)) = row else {
-        // A duplicate or stale job: the row already ended.
-        return Ok(SchemaOutcome::Current);
+        return Ok(SchemaOutcome::NotQueued);
     };
     let outcome = match migrate_schema(pool, migrations, schema_name).await {
         Ok(SchemaMigrated { version, .. }) if version < target => SchemaOutcome::Failed(format!(
@@ -267,6 +368,7 @@ pub async fn migrate_run_schema(
         SchemaOutcome::Current => ("current", Vec::new(), None, 0),
         SchemaOutcome::Failed(e) => ("failed", Vec::new(), Some(e.clone()), 0),
         SchemaOutcome::Retrying(e) => ("pending", Vec::new(), Some(e.clone()), retry_delay_ms(attempt)),
+        SchemaOutcome::NotQueued => return Ok(outcome),
     };
     sqlx::query(
         "WITH ended AS (

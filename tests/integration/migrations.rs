@@ -376,3 +376,79 @@ async fn a_tick_missed_while_no_worker_ran_is_run_at_the_next_start() {
         .unwrap();
     assert_eq!(count, 1);
 }
+
+/// One job for several schemas of a run: a schema behind is migrated, its
+/// outcome recorded in the same transaction; one whose recorded migrations
+/// were tampered with is stopped by the guard, then failed by the
+/// one-transaction-per-migration runner with the exact error; one that is
+/// no longer queued in the run is left alone.
+#[tokio::test]
+async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_exactly() {
+    use provision_shared::migrate_all::{
+        RunStart, RunTrigger, SchemaOutcome, migrate_run_schemas, start_run,
+    };
+    let mut env = TestEnv::new("migbatch").await;
+    let names = ready_tenants(&env, "batch", 3).await;
+    let (fine, tampered, stale) = (&names[0], &names[1], &names[2]);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{tampered}\".provision_schema_migration SET checksum = 'edited' WHERE version = 1"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let set =
+        TenantMigrations::from_dir(&use_migrations(&mut env, &[("0002_notes.sql", ADD_NOTES)])).unwrap();
+    let RunStart::Started(run_id) = start_run(&env.pool, RunTrigger::Operator, "test", 2)
+        .await
+        .unwrap()
+    else {
+        panic!("no run started");
+    };
+    // Queued as the dispatcher queues them, all but the stale one.
+    sqlx::query(
+        "UPDATE provision_migration_run_schema SET state = 'queued', queued_at = now(), attempt = 1
+         WHERE run_id = $1 AND schema_name <> $2",
+    )
+    .bind(run_id)
+    .bind(stale)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let outcomes = migrate_run_schemas(&env.pool, &set, run_id, &names, 8)
+        .await
+        .unwrap();
+
+    assert_eq!(outcomes[0], (fine.clone(), SchemaOutcome::Migrated(vec![2])));
+    match &outcomes[1] {
+        (schema, SchemaOutcome::Failed(error)) if schema == tampered => assert!(
+            error.contains("migration 1") && error.contains("was changed after it was applied"),
+            "{error}"
+        ),
+        other => panic!("the tampered schema ended {other:?}"),
+    }
+    assert_eq!(outcomes[2], (stale.clone(), SchemaOutcome::NotQueued));
+    let rows: Vec<(String, String, Vec<i32>, i32)> = sqlx::query_as(
+        "SELECT s.schema_name, s.state, s.applied, t.schema_version
+         FROM provision_migration_run_schema s JOIN provision_tenant t USING (schema_name)
+         WHERE s.run_id = $1 ORDER BY s.schema_name",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (fine.clone(), "migrated".into(), vec![2], 2),
+            (tampered.clone(), "failed".into(), vec![], 1),
+            (stale.clone(), "pending".into(), vec![], 1),
+        ]
+    );
+    assert_eq!(recorded_versions(&env, fine).await, [1, 2]);
+    assert!(has_notes_column(&env, fine).await);
+    for untouched in [tampered, stale] {
+        assert_eq!(recorded_versions(&env, untouched).await, [1], "{untouched}");
+        assert!(!has_notes_column(&env, untouched).await, "{untouched}");
+    }
+}

@@ -11,7 +11,7 @@ use apalis_core::task::data::Data;
 use apalis_core::task::task_id::TaskId;
 use provision_shared::jobs::{CreateTenant, JobKind, MigrateSchema, SeedDemoData};
 use provision_shared::migrate::TenantMigrations;
-use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schema, migrate_tenant};
+use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schemas, migrate_tenant};
 use provision_shared::operator::record_rejected_job;
 use provision_shared::provision::{
     JobEnv, JobOutcome, SeedOutcome, mark_demo_data_failed, run_create_tenant, run_seed_demo_data,
@@ -45,6 +45,11 @@ pub struct WorkerState {
 /// What every payload carries.
 trait Payload {
     fn schema_name(&self) -> &str;
+
+    /// Further schemas the job is for.
+    fn more_schema_names(&self) -> &[String] {
+        &[]
+    }
 }
 
 impl Payload for CreateTenant {
@@ -62,6 +67,10 @@ impl Payload for SeedDemoData {
 impl Payload for MigrateSchema {
     fn schema_name(&self) -> &str {
         &self.schema_name
+    }
+
+    fn more_schema_names(&self) -> &[String] {
+        &self.more_schema_names
     }
 }
 
@@ -81,10 +90,11 @@ async fn parse<T: DeserializeOwned + Payload>(
         .and_then(|job| {
             // A payload naming an impossible schema is as unreadable as one
             // that does not parse: no handler may touch it.
-            match validate::schema_name(job.schema_name()) {
-                Ok(()) => Ok(job),
-                Err(e) => Err(e.to_string()),
-            }
+            std::iter::once(job.schema_name())
+                .chain(job.more_schema_names().iter().map(String::as_str))
+                .try_for_each(validate::schema_name)
+                .map(|()| job)
+                .map_err(|e| e.to_string())
         });
     match parsed {
         Ok(job) => Ok(Some(job)),
@@ -248,21 +258,34 @@ pub async fn migrate_schema_job(
     );
     async {
         if let Some(run_id) = job.run_id {
-            let outcome = migrate_run_schema(
+            let mut schema_names = vec![job.schema_name.clone()];
+            schema_names.extend(job.more_schema_names.iter().cloned());
+            let result = migrate_run_schemas(
                 &state.pool,
                 &state.migrations,
                 run_id,
-                &job.schema_name,
+                &schema_names,
                 state.max_attempts,
             )
-            .await
-            .map_err(escape)?;
-            match &outcome {
-                SchemaOutcome::Failed(error) => tracing::warn!(run_id, %error, "schema migration failed"),
-                SchemaOutcome::Retrying(error) => {
-                    tracing::warn!(run_id, %error, "schema migration will be retried")
+            .await;
+            state.metrics.job(JobKind::MigrateSchema, counted(&result));
+            for (schema_name, outcome) in result.map_err(escape)? {
+                match &outcome {
+                    SchemaOutcome::Failed(error) => {
+                        tracing::warn!(run_id, schema_name, %error, "schema migration failed")
+                    }
+                    SchemaOutcome::Retrying(error) => {
+                        tracing::warn!(run_id, schema_name, %error, "schema migration will be retried")
+                    }
+                    SchemaOutcome::NotQueued => {
+                        tracing::info!(
+                            run_id,
+                            schema_name,
+                            "schema no longer queued in its run (a duplicate job): skipped"
+                        )
+                    }
+                    other => tracing::info!(run_id, schema_name, outcome = ?other, "schema migrated"),
                 }
-                other => tracing::info!(run_id, outcome = ?other, "schema migrated"),
             }
             return Ok(());
         }
