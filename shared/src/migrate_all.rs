@@ -8,9 +8,11 @@
 //! it back to `pending` with a delay, and `provision retry` sends a failed one
 //! back to `pending`. The run finishes when no row is pending or queued.
 
+use std::fmt::Write as _;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 
 use crate::error::{ProvisionError, violated_constraint};
 use crate::ident::advisory_key;
@@ -289,37 +291,68 @@ pub async fn migrate_run_schemas(
     .await?;
     let mut conn = pool.acquire().await?;
     let mut outcomes = Vec::with_capacity(schema_names.len());
-    for schema_name in schema_names {
-        let Some((_, target, version)) = queued.iter().find(|q| &q.0 == schema_name) else {
-            outcomes.push((schema_name.clone(), SchemaOutcome::NotQueued));
-            continue;
-        };
-        if *version < *target
-            && migrations.latest() >= *target
-            && let Some((sql, applied)) = pending_migrations_sql(migrations, schema_name, *version)?
-        {
-            let script = format!(
+    let mut next = 0;
+    while next < schema_names.len() {
+        // The schemas from `next` on that can go the fast way, each its own
+        // transaction, all in one message; a marker row after each COMMIT
+        // says it committed.
+        let mut script = String::new();
+        let mut sent: Vec<(&String, Vec<i32>)> = Vec::new();
+        for schema_name in &schema_names[next..] {
+            let Some((_, target, version)) = queued.iter().find(|q| &q.0 == schema_name) else {
+                break;
+            };
+            if *version >= *target || migrations.latest() < *target {
+                break;
+            }
+            let Some((sql, applied)) = pending_migrations_sql(migrations, schema_name, *version)? else {
+                break;
+            };
+            let schema = literal(schema_name)?;
+            write!(
+                script,
                 "BEGIN;\n{sql}UPDATE public.provision_migration_run_schema
                  SET state = 'migrated', applied = '{{{applied}}}', error = NULL, updated_at = now()
-                 WHERE run_id = {run_id} AND schema_name = {schema} AND state = 'queued';\nCOMMIT;",
+                 WHERE run_id = {run_id} AND schema_name = {schema} AND state = 'queued';\nCOMMIT;\n\
+                 SELECT {schema} AS committed;\n",
                 applied = applied.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
-                schema = literal(schema_name)?,
-            );
-            match crate::script::run(&mut conn, script).await {
-                Ok(_) => {
-                    outcomes.push((schema_name.clone(), SchemaOutcome::Migrated(applied)));
-                    continue;
-                }
+            )
+            .expect("writing to a String");
+            sent.push((schema_name, applied));
+        }
+        if !sent.is_empty() {
+            let rows = match crate::script::run(&mut conn, script).await {
+                Ok(rows) => rows,
                 Err(failure) => {
-                    tracing::debug!(schema_name, error = %failure.error, "one-trip migration stopped; migrating step by step");
+                    tracing::debug!(error = %failure.error, "schemas sent together stopped; the failing one goes step by step");
                     // The connection may be the reason: take another.
                     drop(conn);
                     conn = pool.acquire().await?;
+                    failure.rows
                 }
+            };
+            let committed = rows
+                .iter()
+                .filter(|r| r.try_get::<String, _>("committed").is_ok())
+                .count();
+            for (schema_name, applied) in sent.into_iter().take(committed) {
+                outcomes.push((schema_name.clone(), SchemaOutcome::Migrated(applied)));
+            }
+            next += committed;
+            if next == schema_names.len() {
+                break;
             }
         }
-        let outcome = migrate_run_schema(pool, migrations, run_id, schema_name, max_attempts).await?;
+        // The schema at `next` is not for the fast way, or stopped it: the
+        // checked runner looks again and records exactly how it ends.
+        let schema_name = &schema_names[next];
+        let outcome = if queued.iter().any(|q| &q.0 == schema_name) {
+            migrate_run_schema(pool, migrations, run_id, schema_name, max_attempts).await?
+        } else {
+            SchemaOutcome::NotQueued
+        };
         outcomes.push((schema_name.clone(), outcome));
+        next += 1;
     }
     sqlx::query(
         "UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
