@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use provision_shared::migrate::TenantMigrations;
-use provision_shared::migrate_all::{RunStart, RunTrigger, run_summary, start_run};
+use provision_shared::migrate_all::{RunStart, RunTrigger, dispatch, run_summary, start_run};
 use provision_shared::password::django_argon2_hash;
 
 use crate::env::{BenchEnv, Worker};
@@ -179,12 +179,15 @@ async fn timed_run(
     n: usize,
     label: &str,
 ) -> anyhow::Result<TimedRun> {
+    let queue = env.queue().await?;
     let started = Instant::now();
     let mut queries = 1;
     let run_id = match start_run(&env.pool, RunTrigger::Operator, ACTOR, version).await? {
         RunStart::Started(id) => id,
         other => bail!("expected a new run, found {other:?}"),
     };
+    // As `provision migrate --all` does: the first schemas handed out at once.
+    dispatch(&env.pool, &queue).await?;
     let mut progress = Progress::new(label, n);
     let mut last_summary = Instant::now();
     loop {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::apply_public_migrations;
-use provision_shared::migrate_all::{RunStart, RunSummary, RunTrigger, run_summary, start_run};
+use provision_shared::migrate_all::{RunStart, RunSummary, RunTrigger, dispatch, run_summary, start_run};
 use provision_shared::{ProvisionError, TenantState, db, validate};
 use serde_json::json;
 use sqlx::PgPool;
@@ -128,6 +128,13 @@ async fn migrate_all(ctx: &Ctx, args: &MigrateArgs) -> Result<ExitCode, CliError
         RunStart::Started(id) => {
             if !args.json {
                 println!("Started migrate-all run {id} to migration {latest}");
+            }
+            // Hand out the first schemas now rather than at a worker's next
+            // dispatch tick; if Redis cannot be reached, that tick will.
+            if let Ok(queue) = ctx.queue().await
+                && let Err(e) = dispatch(&pool, &queue).await
+            {
+                tracing::debug!(error = %e, "could not hand out the run's first schemas; a worker will");
             }
             id
         }
