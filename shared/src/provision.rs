@@ -265,36 +265,80 @@ pub enum JobOutcome {
 struct TenantLock {
     conn: Option<PoolConnection<Postgres>>,
     key: i64,
+    /// The steps' script ended with the unlock.
+    unlocked_by_script: bool,
+}
+
+/// What a job found when it took the tenant's lock.
+enum Begun {
+    /// The tenant is not final: its row, with this execution counted.
+    Row(TenantRow),
+    /// The tenant is final (its state), or unknown (`None`).
+    Final(Option<String>),
 }
 
 impl TenantLock {
-    async fn try_acquire(
-        pool: &PgPool,
-        purpose: &str,
-        schema_name: &str,
-    ) -> Result<Option<Self>, ProvisionError> {
+    /// Takes the tenant's lock and, if it got it, counts this execution,
+    /// in one message. The count commits without waiting for the disk: only
+    /// a server crash could lose it, and with it one attempt's count.
+    /// `None` when another job holds the lock.
+    async fn try_begin(pool: &PgPool, schema_name: &str) -> Result<Option<(Self, Begun)>, ProvisionError> {
+        use sqlx::{FromRow, Row};
         let mut conn = pool.acquire().await?;
-        let key = advisory_key(purpose, schema_name);
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(locked.then(|| Self {
+        let key = advisory_key("tenant", schema_name);
+        let s = literal(schema_name)?;
+        let sql = format!(
+            "BEGIN;
+             SET LOCAL synchronous_commit TO off;
+             WITH lock AS (SELECT pg_try_advisory_lock({key}) AS held),
+                  started AS (
+                      UPDATE public.provision_tenant SET attempt = attempt + 1, updated_at = now()
+                      WHERE schema_name = {s} AND state NOT IN ('ready', 'failed') AND (SELECT held FROM lock)
+                      RETURNING state, attempt, tenant_name, domain, admin_email, admin_password_hash,
+                                trial_days, last_error)
+             SELECT (SELECT held FROM lock) AS held,
+                    (SELECT state FROM public.provision_tenant WHERE schema_name = {s}) AS found_state,
+                    started.*
+             FROM lock LEFT JOIN started ON true;
+             COMMIT;"
+        );
+        let rows = crate::script::run(&mut conn, sql).await.map_err(|f| f.error)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| ProvisionError::WrongState("taking the tenant's lock returned nothing".into()))?;
+        if !row.try_get::<bool, _>("held")? {
+            return Ok(None);
+        }
+        let begun = if row.try_get::<Option<String>, _>("state")?.is_some() {
+            Begun::Row(TenantRow::from_row(row)?)
+        } else {
+            Begun::Final(row.try_get("found_state")?)
+        };
+        let lock = Self {
             conn: Some(conn),
             key,
-        }))
+            unlocked_by_script: false,
+        };
+        Ok(Some((lock, begun)))
     }
 
     fn conn(&mut self) -> &mut PgConnection {
         self.conn.as_mut().expect("lock is held")
     }
 
+    /// The statement that releases the lock, for the end of a script.
+    fn unlock_sql(&self) -> String {
+        format!("SELECT pg_advisory_unlock({}) AS unlocked;\n", self.key)
+    }
+
     async fn release(mut self) -> Result<(), ProvisionError> {
-        let key = self.key;
-        sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(key)
-            .execute(self.conn())
-            .await?;
+        if !self.unlocked_by_script {
+            let key = self.key;
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(self.conn())
+                .await?;
+        }
         self.conn.take();
         Ok(())
     }
@@ -338,7 +382,7 @@ pub async fn run_create_tenant_steps<S: JobSink>(
     max_steps: usize,
 ) -> Result<JobOutcome, ProvisionError> {
     validate::schema_name(schema_name)?;
-    let Some(mut lock) = TenantLock::try_acquire(env.pool, "tenant", schema_name).await? else {
+    let Some((mut lock, begun)) = TenantLock::try_begin(env.pool, schema_name).await? else {
         // Another job holds the tenant. It is most likely alive and will
         // finish; but its process may be dying with the lock not yet
         // released, so look again shortly rather than trust it. A duplicate
@@ -348,41 +392,31 @@ pub async fn run_create_tenant_steps<S: JobSink>(
         env.sink.push(again).await?;
         return Ok(JobOutcome::Busy);
     };
-    let outcome = drive_steps(env, lock.conn(), schema_name, max_steps).await;
+    let outcome = match begun {
+        Begun::Row(row) => drive_steps(env, &mut lock, schema_name, row, max_steps).await,
+        Begun::Final(None) => Err(ProvisionError::UnknownTenant(schema_name.to_owned())),
+        Begun::Final(Some(state)) => state
+            .parse()
+            .map(JobOutcome::AlreadyFinal)
+            .map_err(ProvisionError::WrongState),
+    };
     lock.release().await?;
     outcome
 }
 
+/// Runs the steps of a tenant whose lock this job holds. `row` was read as
+/// the execution was counted (before anything else, so that a crash counts
+/// as an attempt and a job that kills its worker cannot loop for ever).
 async fn drive_steps<S: JobSink>(
     env: &JobEnv<'_, S>,
-    conn: &mut PgConnection,
+    lock: &mut TenantLock,
     schema_name: &str,
+    mut row: TenantRow,
     max_steps: usize,
 ) -> Result<JobOutcome, ProvisionError> {
-    // Counting the execution before doing anything makes a crash count as an
-    // attempt: a job that kills its worker cannot loop for ever.
-    let started: Option<TenantRow> = sqlx::query_as(
-        "UPDATE public.provision_tenant SET attempt = attempt + 1, updated_at = now()
-         WHERE schema_name = $1 AND state NOT IN ('ready', 'failed')
-         RETURNING state, attempt, tenant_name, domain, admin_email, admin_password_hash,
-                   trial_days, last_error",
-    )
-    .bind(schema_name)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(mut row) = started else {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM public.provision_tenant WHERE schema_name = $1")
-                .bind(schema_name)
-                .fetch_optional(&mut *conn)
-                .await?;
-        return match state {
-            None => Err(ProvisionError::UnknownTenant(schema_name.to_owned())),
-            Some(state) => Ok(JobOutcome::AlreadyFinal(
-                state.parse().map_err(ProvisionError::WrongState)?,
-            )),
-        };
-    };
+    let unlock = lock.unlock_sql();
+    // The connection field alone, so the flag beside it stays writable.
+    let conn: &mut PgConnection = lock.conn.as_mut().expect("lock is held");
     let mut state: TenantState = row.state.parse().map_err(ProvisionError::WrongState)?;
     if row.attempt > env.max_attempts {
         let (step, _) = state.next_step().expect("non-final state");
@@ -403,11 +437,13 @@ async fn drive_steps<S: JobSink>(
     // already applied are not known without asking.
     let planned = plan_steps(state, max_steps);
     if state != TenantState::SchemaCreated
-        && let Some(sql) = steps_in_one_message(env, schema_name, &row, &planned)
+        && let Some(mut sql) = steps_in_one_message(env, schema_name, &row, &planned)
     {
+        sql.push_str(&unlock);
         let sent = std::time::Instant::now();
         match crate::script::run(conn, sql).await {
             Ok(rows) => {
+                lock.unlocked_by_script = true;
                 demo_data_state = record_transitions(schema_name, &planned, &rows, row.attempt, sent);
                 state = planned.last().map_or(state, |p| p.2);
                 steps_run = planned.len();
