@@ -49,6 +49,9 @@ fn main() {
             .unwrap();
         }
         writeln!(out, "];").unwrap();
+        if set != "public" {
+            continue;
+        }
         let bookkeeping = dir
             .join("bookkeeping.sql")
             .canonicalize()

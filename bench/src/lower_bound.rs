@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use provision_shared::ident::{quote_ident, trusted_sql};
-use provision_shared::migrate::{TENANT_BOOKKEEPING, TenantMigrations};
+use provision_shared::migrate::TenantMigrations;
 use sqlx::{Connection, PgConnection};
 
 use crate::fixtures;
@@ -64,7 +64,6 @@ WITH client AS (
 INSERT INTO public.tenants_domain (domain, tenant_id, is_primary) SELECT {domain}, id, true FROM client;
 CREATE SCHEMA {ident};
 SET LOCAL search_path TO {ident};
-{TENANT_BOOKKEEPING};
 ",
         schema_lit = literal(schema),
         name = literal(&format!("Bench {schema}")),
@@ -78,10 +77,18 @@ SET LOCAL search_path TO {ident};
     let rows: Vec<String> = migrations
         .all()
         .iter()
-        .map(|m| format!("({}, {}, {})", m.version, literal(&m.name), literal(&m.checksum)))
+        .map(|m| {
+            format!(
+                "({}, {}, {}, {})",
+                literal(schema),
+                m.version,
+                literal(&m.name),
+                literal(&m.checksum)
+            )
+        })
         .collect();
     sql.push_str(&format!(
-        "INSERT INTO provision_schema_migration (version, name, checksum) VALUES {};
+        "INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum) VALUES {};
 INSERT INTO users_customuser
     (password, email, role, is_staff, is_superuser, is_active, email_verified, date_joined)
 VALUES ({}, {}, 'admin', true, true, true, true, now());

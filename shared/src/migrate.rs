@@ -169,10 +169,9 @@ pub async fn migrate_schema_on(
     schema: &str,
 ) -> Result<SchemaMigrated, ProvisionError> {
     let prelude = format!(
-        "SELECT pg_advisory_xact_lock({key});\nSET LOCAL search_path TO {ident};\n{bookkeeping}",
+        "SELECT pg_advisory_xact_lock({key});\nSET LOCAL search_path TO {ident};",
         key = advisory_key("migrate", schema),
         ident = quote_ident(schema),
-        bookkeeping = TENANT_BOOKKEEPING,
     );
     let mut applied = Vec::new();
     loop {
@@ -180,10 +179,13 @@ pub async fn migrate_schema_on(
         sqlx::raw_sql(trusted_sql(prelude.as_str()))
             .execute(&mut *tx)
             .await?;
-        let recorded: Vec<(i32, String)> =
-            sqlx::query_as("SELECT version, checksum FROM provision_schema_migration ORDER BY version")
-                .fetch_all(&mut *tx)
-                .await?;
+        let recorded: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT version, checksum FROM public.provision_tenant_migration
+             WHERE schema_name = $1 ORDER BY version",
+        )
+        .bind(schema)
+        .fetch_all(&mut *tx)
+        .await?;
         check_recorded(set, schema, &recorded)?;
         let version = recorded.last().map_or(0, |r| r.0);
         let Some(next) = set.all().iter().find(|m| m.version > version) else {
@@ -233,7 +235,7 @@ pub fn pending_migrations_sql(
          SET LOCAL search_path TO {ident};\n\
          SELECT public.provision_assert(\n\
              (SELECT coalesce(string_agg(version || ':' || checksum, ',' ORDER BY version), '')\n\
-              FROM provision_schema_migration) = {expected},\n\
+              FROM public.provision_tenant_migration WHERE schema_name = {schema_literal}) = {expected},\n\
              {message});\n",
         key = advisory_key("migrate", schema),
         ident = quote_ident(schema),
@@ -249,7 +251,8 @@ pub fn pending_migrations_sql(
         sql.push_str("\n;\n");
         writeln!(
             sql,
-            "INSERT INTO provision_schema_migration (version, name, checksum) VALUES ({}, {}, {});",
+            "INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum) \
+             VALUES ({schema_literal}, {}, {}, {});",
             m.version,
             literal(&m.name)?,
             literal(&m.checksum)?
@@ -283,7 +286,8 @@ async fn apply_one(tx: &mut PgConnection, migration: &Migration, schema: &str) -
     }
     sqlx::query(
         "WITH recorded AS (
-             INSERT INTO provision_schema_migration (version, name, checksum) VALUES ($1, $2, $3)
+             INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum)
+             VALUES ($4, $1, $2, $3)
          )
          UPDATE public.provision_tenant SET schema_version = $1 WHERE schema_name = $4",
     )

@@ -713,10 +713,12 @@ fn step_sql<S: JobSink>(
             .expect("writing to a String");
         }
         Step::CreateSchema => {
+            // The schema did not exist, so any migration records under its
+            // name are left from one dropped by hand: they are not its.
             write!(
                 sql,
-                "CREATE SCHEMA {ident};\nSET LOCAL search_path TO {ident};\n{}\nSET LOCAL search_path TO public;\n",
-                crate::migrate::TENANT_BOOKKEEPING
+                "CREATE SCHEMA {ident};\n\
+                 DELETE FROM public.provision_tenant_migration WHERE schema_name = {s};\n"
             )
             .expect("writing to a String");
         }

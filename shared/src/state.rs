@@ -18,7 +18,7 @@ pub enum TenantState {
     Requested,
     /// `tenants_client` and the primary `tenants_domain` rows exist (inactive).
     Registered,
-    /// The schema and its migration bookkeeping exist.
+    /// The schema exists (empty).
     SchemaCreated,
     /// Every tenant migration is applied.
     Migrated,
@@ -99,7 +99,7 @@ impl FromStr for TenantState {
 pub enum Step {
     /// Insert `tenants_client` (inactive) and its primary domain.
     Register,
-    /// `CREATE SCHEMA` and its migration bookkeeping.
+    /// `CREATE SCHEMA`.
     CreateSchema,
     /// Apply the tenant migrations.
     Migrate,

@@ -74,9 +74,10 @@ async fn ready_tenants(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
 
 /// Per schema, the versions its bookkeeping records.
 async fn recorded_versions(env: &TestEnv, schema: &str) -> Vec<i32> {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT version FROM \"{schema}\".provision_schema_migration ORDER BY version"
-    )))
+    sqlx::query_scalar(
+        "SELECT version FROM provision_tenant_migration WHERE schema_name = $1 ORDER BY version",
+    )
+    .bind(schema)
     .fetch_all(&env.pool)
     .await
     .unwrap()
@@ -390,9 +391,10 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_ex
     let mut env = TestEnv::new("migbatch").await;
     let names = ready_tenants(&env, "batch", 3).await;
     let (fine, tampered, stale) = (&names[0], &names[1], &names[2]);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "UPDATE \"{tampered}\".provision_schema_migration SET checksum = 'edited' WHERE version = 1"
-    )))
+    sqlx::query(
+        "UPDATE provision_tenant_migration SET checksum = 'edited' WHERE schema_name = $1 AND version = 1",
+    )
+    .bind(tampered)
     .execute(&env.pool)
     .await
     .unwrap();
