@@ -44,7 +44,7 @@ pub(crate) fn in_schema(schema: &str, sql: &str) -> String {
 /// is the round-trip cost the floor leaves out. The values are the bench's
 /// own (schema names, an argon2 hash), never input.
 fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    provision_shared::script::literal(value).expect("the bench's values hold no NUL")
 }
 
 /// Everything a ready tenant is, as one transaction in one message: its

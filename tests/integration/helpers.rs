@@ -289,6 +289,47 @@ impl TestEnv {
         self.env.push((key.into(), value.into()));
     }
 
+    /// What a provisioned tenant must have exactly one of: `tenants_client`
+    /// rows, domains, schemas, admin users.
+    pub async fn tenant_counts(&self, schema: &str) -> (i64, i64, i64, i64) {
+        let (clients, domains, schemas): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM tenants_client WHERE schema_name = $1),
+                    (SELECT count(*) FROM tenants_domain d JOIN tenants_client c ON c.id = d.tenant_id
+                      WHERE c.schema_name = $1),
+                    (SELECT count(*) FROM pg_namespace WHERE nspname = $1)",
+        )
+        .bind(schema)
+        .fetch_one(&self.pool)
+        .await
+        .expect("counts");
+        let admins: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{schema}\".users_customuser WHERE role = 'admin'"
+        )))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(0);
+        (clients, domains, schemas, admins)
+    }
+
+    /// A folder of the built-in tenant migrations plus `extra` files
+    /// (name, SQL), set as the migrations of every binary this test runs.
+    pub fn use_tenant_migrations(&mut self, extra: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.join("tenant-migrations");
+        std::fs::create_dir_all(&dir).expect("migrations folder");
+        for m in provision_shared::migrate::TenantMigrations::embedded().all() {
+            std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql)
+                .expect("write migration");
+        }
+        for (file, sql) in extra {
+            std::fs::write(dir.join(file), sql).expect("write migration");
+        }
+        self.set_env(
+            "PROVISION_TENANT_MIGRATIONS_DIR",
+            dir.to_str().expect("UTF-8 path"),
+        );
+        dir
+    }
+
     /// Starts `provision` with `args`, its standard streams piped.
     pub fn spawn_provision(&self, args: &[&str]) -> Child {
         Command::new(binary("provision"))

@@ -2,7 +2,6 @@
 //! schemas with several worker processes, failures, killed workers, the
 //! nightly schedule.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use provision_shared::migrate::TenantMigrations;
@@ -16,21 +15,6 @@ use crate::provisioning::NoQueue;
 const WAIT: Duration = Duration::from_secs(120);
 const ADD_NOTES: &str = "ALTER TABLE buildings_building ADD COLUMN notes text;\n\
                          CREATE INDEX buildings_building_notes_idx ON buildings_building (notes);";
-
-/// A folder with the built-in tenant migrations plus `extra` files, set as
-/// the migrations of every binary this test runs.
-fn use_migrations(env: &mut TestEnv, extra: &[(&str, &str)]) -> PathBuf {
-    let dir = env.dir().join("tenant-migrations");
-    std::fs::create_dir_all(&dir).unwrap();
-    for m in TenantMigrations::embedded().all() {
-        std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql).unwrap();
-    }
-    for (file, sql) in extra {
-        std::fs::write(dir.join(file), sql).unwrap();
-    }
-    env.set_env("PROVISION_TENANT_MIGRATIONS_DIR", dir.to_str().unwrap());
-    dir
-}
 
 /// `n` ready tenants `<prefix>_<i>` at the built-in migrations, made by
 /// stepping the handlers directly, four at a time.
@@ -98,7 +82,7 @@ async fn has_notes_column(env: &TestEnv, schema: &str) -> bool {
 async fn migrate_one_schema_applies_the_new_migration_and_records_it() {
     let mut env = TestEnv::new("migone").await;
     let names = ready_tenants(&env, "one", 2).await;
-    use_migrations(&mut env, &[("0002_notes.sql", ADD_NOTES)]);
+    env.use_tenant_migrations(&[("0002_notes.sql", ADD_NOTES)]);
     let _worker = env.start_worker(&[]).await;
     let run = env.provision(&["migrate", "--schema-name", &names[0], "--wait", "--json"]);
     run.expect_code(0);
@@ -125,7 +109,7 @@ async fn migrate_one_schema_applies_the_new_migration_and_records_it() {
 async fn migrate_all_over_hundreds_of_schemas_with_two_workers_migrates_each_exactly_once() {
     let mut env = TestEnv::new("migall").await;
     let names = ready_tenants(&env, "many", 300).await;
-    use_migrations(&mut env, &[("0002_notes.sql", ADD_NOTES)]);
+    env.use_tenant_migrations(&[("0002_notes.sql", ADD_NOTES)]);
     let check = env.provision(&["check", "--json"]).json();
     let behind = check["checks"]
         .as_array()
@@ -207,7 +191,7 @@ async fn a_failing_schema_does_not_stop_the_others_and_retry_brings_it_to_the_la
     .execute(&env.pool)
     .await
     .unwrap();
-    use_migrations(&mut env, &[("0002_notes.sql", ADD_NOTES)]);
+    env.use_tenant_migrations(&[("0002_notes.sql", ADD_NOTES)]);
     let _worker = env.start_worker(&[]).await;
     let run = env.provision(&["migrate", "--all", "--wait", "--json"]);
     run.expect_code(1);
@@ -256,7 +240,7 @@ async fn killing_a_worker_mid_run_still_completes_with_no_schema_half_migrated()
     let names = ready_tenants(&env, "kill", 150).await;
     // Slow enough that the run is still going when the worker dies.
     let slow = format!("SELECT pg_sleep(0.03);\n{ADD_NOTES}");
-    use_migrations(&mut env, &[("0002_notes.sql", &slow)]);
+    env.use_tenant_migrations(&[("0002_notes.sql", &slow)]);
     let mut doomed = env.start_worker(&[("PROVISION_CONCURRENCY", "4")]).await;
     let _survivor = env.start_worker(&[("PROVISION_CONCURRENCY", "4")]).await;
     env.provision(&["migrate", "--all"]).expect_code(0);
@@ -291,7 +275,7 @@ async fn killing_a_worker_mid_run_still_completes_with_no_schema_half_migrated()
 async fn a_changed_applied_migration_is_refused_with_a_clear_error() {
     let mut env = TestEnv::new("migsum").await;
     let names = ready_tenants(&env, "sum", 1).await;
-    let dir = use_migrations(&mut env, &[("0002_notes.sql", ADD_NOTES)]);
+    let dir = env.use_tenant_migrations(&[("0002_notes.sql", ADD_NOTES)]);
     let _worker = env.start_worker(&[]).await;
     env.provision(&["migrate", "--schema-name", &names[0], "--wait"])
         .expect_code(0);
@@ -399,7 +383,7 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_ex
     .await
     .unwrap();
     let set =
-        TenantMigrations::from_dir(&use_migrations(&mut env, &[("0002_notes.sql", ADD_NOTES)])).unwrap();
+        TenantMigrations::from_dir(&env.use_tenant_migrations(&[("0002_notes.sql", ADD_NOTES)])).unwrap();
     let RunStart::Started(run_id) = start_run(&env.pool, RunTrigger::Operator, "test", 2)
         .await
         .unwrap()

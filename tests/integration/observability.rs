@@ -10,13 +10,7 @@ async fn metrics_move_by_the_right_amounts_and_healthz_follows_redis() {
     let mut redis = PrivateRedis::start();
     let mut env = TestEnv::new_on_servers("metrics", &crate::helpers::admin_url(), &redis.url()).await;
     // A slow migration, to scrape while the provisioning is in flight.
-    let dir = env.dir().join("m");
-    std::fs::create_dir_all(&dir).unwrap();
-    for m in provision_shared::migrate::TenantMigrations::embedded().all() {
-        std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql).unwrap();
-    }
-    std::fs::write(dir.join("0002_slow.sql"), "SELECT pg_sleep(2);").unwrap();
-    env.set_env("PROVISION_TENANT_MIGRATIONS_DIR", dir.to_str().unwrap());
+    env.use_tenant_migrations(&[("0002_slow.sql", "SELECT pg_sleep(2);")]);
     let worker = env.start_worker(&[]).await;
     let addr = worker.metrics_addr();
     let (status, before) = http_get(&addr, "/metrics");

@@ -17,27 +17,6 @@ use crate::helpers::{TestEnv, guide_tenant_args, redis_url, strs};
 const PASSWORD: &str = "secure_password_123";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Counts of what a provisioned tenant must have exactly one of.
-async fn tenant_counts(env: &TestEnv, schema: &str) -> (i64, i64, i64, i64) {
-    let (clients, domains, schemas): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM tenants_client WHERE schema_name = $1),
-                (SELECT count(*) FROM tenants_domain d JOIN tenants_client c ON c.id = d.tenant_id
-                  WHERE c.schema_name = $1),
-                (SELECT count(*) FROM pg_namespace WHERE nspname = $1)",
-    )
-    .bind(schema)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    let admins: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT count(*) FROM \"{schema}\".users_customuser WHERE role = 'admin'"
-    )))
-    .fetch_one(&env.pool)
-    .await
-    .unwrap_or(0);
-    (clients, domains, schemas, admins)
-}
-
 #[tokio::test]
 async fn theo_is_provisioned_end_to_end_through_the_real_binaries() {
     let env = TestEnv::new("e2e").await;
@@ -312,7 +291,7 @@ async fn double_enqueue_gives_one_tenant_and_the_second_job_ends_cleanly() {
     env.wait_for_state("theo", "ready", WAIT).await;
     // Let the extra jobs run out.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(tenant_counts(&env, "theo").await, (1, 1, 1, 1));
+    assert_eq!(env.tenant_counts("theo").await, (1, 1, 1, 1));
     let transitions: Vec<String> = sqlx::query_scalar(
         "SELECT step FROM provision_event WHERE schema_name = 'theo' AND from_state IS DISTINCT FROM to_state ORDER BY id",
     )
@@ -427,7 +406,7 @@ async fn resuming_after_each_step_ends_in_the_same_ready_tenant() {
                 JobOutcome::AlreadyFinal(TenantState::Ready)
             );
         }
-        assert_eq!(tenant_counts(&env, &schema).await, (1, 1, 1, 1), "{schema}");
+        assert_eq!(env.tenant_counts(&schema).await, (1, 1, 1, 1), "{schema}");
         let steps: Vec<String> = sqlx::query_scalar(
             "SELECT step FROM provision_event WHERE schema_name = $1 AND from_state IS DISTINCT FROM to_state ORDER BY id",
         )
@@ -494,7 +473,7 @@ async fn many_jobs_racing_on_one_tenant_run_each_step_once() {
         }
     }
     assert_eq!(finished, 1, "exactly one job carried the tenant to ready");
-    assert_eq!(tenant_counts(&env, "raced").await, (1, 1, 1, 1));
+    assert_eq!(env.tenant_counts("raced").await, (1, 1, 1, 1));
     let transitions: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM provision_event WHERE schema_name = 'raced' AND from_state IS DISTINCT FROM to_state",
     )

@@ -16,17 +16,8 @@ const WAIT: Duration = Duration::from_secs(90);
 /// A tenant migration 0002 that takes `seconds`, so steps are in flight
 /// long enough to interfere with.
 fn slow_migrations(env: &mut TestEnv, seconds: f64) {
-    let dir = env.dir().join("slow-migrations");
-    std::fs::create_dir_all(&dir).unwrap();
-    for m in provision_shared::migrate::TenantMigrations::embedded().all() {
-        std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql).unwrap();
-    }
-    std::fs::write(
-        dir.join("0002_slow.sql"),
-        format!("SELECT pg_sleep({seconds});\nALTER TABLE buildings_building ADD COLUMN notes text;"),
-    )
-    .unwrap();
-    env.set_env("PROVISION_TENANT_MIGRATIONS_DIR", dir.to_str().unwrap());
+    let slow = format!("SELECT pg_sleep({seconds});\nALTER TABLE buildings_building ADD COLUMN notes text;");
+    env.use_tenant_migrations(&[("0002_slow.sql", &slow)]);
 }
 
 async fn state_of(env: &TestEnv, schema: &str) -> Option<String> {
@@ -46,23 +37,7 @@ async fn wait_all_ready(env: &TestEnv, names: &[String], timeout: Duration) {
 /// Each tenant has one client row, one domain, one schema, one admin.
 async fn assert_made_once(env: &TestEnv, names: &[String]) {
     for schema in names {
-        let (clients, domains, schemas): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM tenants_client WHERE schema_name = $1),
-                    (SELECT count(*) FROM tenants_domain d JOIN tenants_client c ON c.id = d.tenant_id
-                      WHERE c.schema_name = $1 AND d.is_primary),
-                    (SELECT count(*) FROM pg_namespace WHERE nspname = $1)",
-        )
-        .bind(schema)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        let admins: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM \"{schema}\".users_customuser WHERE role = 'admin'"
-        )))
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        assert_eq!((clients, domains, schemas, admins), (1, 1, 1, 1), "{schema}");
+        assert_eq!(env.tenant_counts(schema).await, (1, 1, 1, 1), "{schema}");
         let steps: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM provision_event
              WHERE schema_name = $1 AND to_state <> 'failed' AND from_state IS DISTINCT FROM to_state",
