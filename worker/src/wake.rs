@@ -31,7 +31,15 @@ pub fn channel(namespace: &str, kind: JobKind) -> String {
 struct Flag {
     waker: AtomicWaker,
     raised: AtomicBool,
+    /// A later look is already scheduled.
+    looking_again: AtomicBool,
 }
+
+/// When to look again after a wake-up: a wake-up that arrives while a fetch
+/// is on its way to Redis is taken by that fetch, which may have read the
+/// queue just before the job landed. Looking again a little later catches
+/// it without waiting for the heartbeat.
+const LOOK_AGAIN_AFTER: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(500)];
 
 /// A stream that yields once per wake-up (wake-ups that arrive before it
 /// is polled collapse into one): the poll strategy of one queue's job loop.
@@ -43,6 +51,27 @@ impl WakeSignal {
     pub fn raise(&self) {
         self.0.raised.store(true, Ordering::Release);
         self.0.waker.wake();
+    }
+
+    /// [`Self::raise`] now, and again after each of [`LOOK_AGAIN_AFTER`]
+    /// (once for a burst of wake-ups).
+    pub fn raise_and_look_again(&self) {
+        self.raise();
+        if self.0.looking_again.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let signal = self.clone();
+        tokio::spawn(async move {
+            let mut waited = Duration::ZERO;
+            for after in LOOK_AGAIN_AFTER {
+                tokio::time::sleep(after - waited).await;
+                waited = after;
+                if after == LOOK_AGAIN_AFTER[LOOK_AGAIN_AFTER.len() - 1] {
+                    signal.0.looking_again.store(false, Ordering::Release);
+                }
+                signal.raise();
+            }
+        });
     }
 }
 
@@ -87,7 +116,7 @@ impl Wakers {
     }
 
     fn raise_all(&self) {
-        self.by_kind.values().for_each(WakeSignal::raise);
+        self.by_kind.values().for_each(WakeSignal::raise_and_look_again);
     }
 }
 
@@ -125,7 +154,7 @@ pub async fn listen(redis_url: String, namespace: String, wakers: Wakers, mut st
                         message = messages.next() => match message {
                             Some(message) => {
                                 if let Some(kind) = channels.get(message.get_channel_name()) {
-                                    wakers.signal(*kind).raise();
+                                    wakers.signal(*kind).raise_and_look_again();
                                 }
                             }
                             None => {
