@@ -206,18 +206,23 @@ pub async fn migrate_schema_on(
 }
 
 /// The statements that bring `schema` from migration `applied` (the newest
-/// one recorded there; 0 for none) to the newest of `set`, for a script
+/// one recorded for it; 0 for none) to the newest of `set`, for a script
 /// (see [`crate::script`]) to run inside its own transaction: the schema's
-/// lock, a guard that its recorded migrations are exactly those of `set`
-/// up to `applied` (else the script stops with
-/// [`crate::script::GUARD_FAILED`], and the caller falls back to
-/// [`migrate_schema_on`], which says what is wrong), every pending
-/// migration with its bookkeeping row, and the tenant's `schema_version`.
-/// `None` when nothing is pending.
+/// lock, every pending migration, then one statement that records them,
+/// sets the tenant's `schema_version`, runs `also` (another data-modifying
+/// CTE, `name AS (…)`, such as a run's outcome) and checks that the
+/// migrations recorded before were exactly those of `set` up to `applied`.
+/// If they were not, the script stops with [`crate::script::GUARD_FAILED`]
+/// and everything rolls back; the caller falls back to
+/// [`migrate_schema_on`], which says what is wrong. One statement for all
+/// the bookkeeping, because in a script every statement is parsed and
+/// planned anew: four separate ones cost about 1 ms per schema, more than
+/// the migration itself (bench/README.md). `None` when nothing is pending.
 pub fn pending_migrations_sql(
     set: &TenantMigrations,
     schema: &str,
     applied: i32,
+    also: Option<&str>,
 ) -> Result<Option<(String, Vec<i32>)>, ProvisionError> {
     let pending: Vec<&Migration> = set.all().iter().filter(|m| m.version > applied).collect();
     if pending.is_empty() {
@@ -231,39 +236,44 @@ pub fn pending_migrations_sql(
         .collect();
     let schema_literal = literal(schema)?;
     let mut sql = format!(
-        "SELECT pg_advisory_xact_lock({key});\n\
-         SET LOCAL search_path TO {ident};\n\
-         SELECT public.provision_assert(\n\
-             (SELECT coalesce(string_agg(version || ':' || checksum, ',' ORDER BY version), '')\n\
-              FROM public.provision_tenant_migration WHERE schema_name = {schema_literal}) = {expected},\n\
-             {message});\n",
+        "SELECT pg_advisory_xact_lock({key});\nSET LOCAL search_path TO {ident};\n",
         key = advisory_key("migrate", schema),
         ident = quote_ident(schema),
-        expected = literal(&expected.join(","))?,
-        message = literal(&format!(
-            "schema {schema}: its recorded migrations are not those up to {applied} of this worker"
-        ))?,
     );
+    let mut rows = Vec::with_capacity(pending.len());
     for m in &pending {
         // A newline first, so a file ending in a `--` comment cannot swallow
         // the semicolon.
         sql.push_str(m.sql.trim_end());
         sql.push_str("\n;\n");
-        writeln!(
-            sql,
-            "INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum) \
-             VALUES ({schema_literal}, {}, {}, {});",
+        rows.push(format!(
+            "({schema_literal}, {}, {}, {})",
             m.version,
             literal(&m.name)?,
             literal(&m.checksum)?
-        )
-        .expect("writing to a String");
+        ));
     }
-    writeln!(
+    // The guard reads the records as they were when the statement began,
+    // before its own insert.
+    write!(
         sql,
-        "UPDATE public.provision_tenant SET schema_version = {} WHERE schema_name = {schema_literal};\n\
-         SET LOCAL search_path TO public;",
-        set.latest()
+        "SET LOCAL search_path TO public;\n\
+         WITH recorded AS (\n\
+             INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum)\n\
+             VALUES {rows}),\n\
+         versioned AS (\n\
+             UPDATE public.provision_tenant SET schema_version = {latest} WHERE schema_name = {schema_literal}){also}\n\
+         SELECT public.provision_assert(\n\
+             (SELECT coalesce(string_agg(version || ':' || checksum, ',' ORDER BY version), '')\n\
+              FROM public.provision_tenant_migration WHERE schema_name = {schema_literal}) = {expected},\n\
+             {message}) AS guarded;\n",
+        rows = rows.join(", "),
+        latest = set.latest(),
+        also = also.map(|cte| format!(",\n{cte}")).unwrap_or_default(),
+        expected = literal(&expected.join(","))?,
+        message = literal(&format!(
+            "schema {schema}: its recorded migrations are not those up to {applied} of this worker"
+        ))?,
     )
     .expect("writing to a String");
     Ok(Some((sql, pending.iter().map(|m| m.version).collect())))

@@ -188,6 +188,17 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     Ok(schemas)
 }
 
+/// The versions of `migrations` after `applied`, `None` if none.
+fn pending_versions(migrations: &TenantMigrations, applied: i32) -> Option<Vec<i32>> {
+    let versions: Vec<i32> = migrations
+        .all()
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| *v > applied)
+        .collect();
+    (!versions.is_empty()).then_some(versions)
+}
+
 /// At most this many schemas go in one `MigrateSchema` job.
 pub const MAX_SCHEMAS_PER_JOB: usize = 25;
 
@@ -305,19 +316,24 @@ pub async fn migrate_run_schemas(
             if *version >= *target || migrations.latest() < *target {
                 break;
             }
-            let Some((sql, applied)) = pending_migrations_sql(migrations, schema_name, *version)? else {
+            let schema = literal(schema_name)?;
+            let Some(applied) = pending_versions(migrations, *version) else {
                 break;
             };
-            let schema = literal(schema_name)?;
-            write!(
-                script,
-                "BEGIN;\n{sql}UPDATE public.provision_migration_run_schema
-                 SET state = 'migrated', applied = '{{{applied}}}', error = NULL, updated_at = now()
-                 WHERE run_id = {run_id} AND schema_name = {schema} AND state = 'queued';\nCOMMIT;\n\
-                 SELECT {schema} AS committed;\n",
+            let outcome = format!(
+                "outcome AS (
+                     UPDATE public.provision_migration_run_schema
+                     SET state = 'migrated', applied = '{{{applied}}}', error = NULL, updated_at = now()
+                     WHERE run_id = {run_id} AND schema_name = {schema} AND state = 'queued')",
                 applied = applied.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
-            )
-            .expect("writing to a String");
+            );
+            let Some((sql, applied)) =
+                pending_migrations_sql(migrations, schema_name, *version, Some(&outcome))?
+            else {
+                break;
+            };
+            write!(script, "BEGIN;\n{sql}COMMIT;\nSELECT {schema} AS committed;\n")
+                .expect("writing to a String");
             sent.push((schema_name, applied));
         }
         if !sent.is_empty() {
