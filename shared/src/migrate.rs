@@ -205,12 +205,16 @@ pub async fn migrate_schema_on(
     }
 }
 
+/// A data-modifying CTE written from the versions a migration applies.
+pub type AlsoCte<'a> = dyn Fn(&[i32]) -> String + 'a;
+
 /// The statements that bring `schema` from migration `applied` (the newest
 /// one recorded for it; 0 for none) to the newest of `set`, for a script
 /// (see [`crate::script`]) to run inside its own transaction: the schema's
 /// lock, every pending migration, then one statement that records them,
 /// sets the tenant's `schema_version`, runs `also` (another data-modifying
-/// CTE, `name AS (…)`, such as a run's outcome) and checks that the
+/// CTE, `name AS (…)`, such as a run's outcome, written from the versions
+/// applied) and checks that the
 /// migrations recorded before were exactly those of `set` up to `applied`.
 /// If they were not, the script stops with [`crate::script::GUARD_FAILED`]
 /// and everything rolls back; the caller falls back to
@@ -222,7 +226,7 @@ pub fn pending_migrations_sql(
     set: &TenantMigrations,
     schema: &str,
     applied: i32,
-    also: Option<&str>,
+    also: Option<&AlsoCte<'_>>,
 ) -> Result<Option<(String, Vec<i32>)>, ProvisionError> {
     let pending: Vec<&Migration> = set.all().iter().filter(|m| m.version > applied).collect();
     if pending.is_empty() {
@@ -253,6 +257,7 @@ pub fn pending_migrations_sql(
             literal(&m.checksum)?
         ));
     }
+    let versions: Vec<i32> = pending.iter().map(|m| m.version).collect();
     // The guard reads the records as they were when the statement began,
     // before its own insert.
     write!(
@@ -269,14 +274,14 @@ pub fn pending_migrations_sql(
              {message}) AS guarded;\n",
         rows = rows.join(", "),
         latest = set.latest(),
-        also = also.map(|cte| format!(",\n{cte}")).unwrap_or_default(),
+        also = also.map(|cte| format!(",\n{}", cte(&versions))).unwrap_or_default(),
         expected = literal(&expected.join(","))?,
         message = literal(&format!(
             "schema {schema}: its recorded migrations are not those up to {applied} of this worker"
         ))?,
     )
     .expect("writing to a String");
-    Ok(Some((sql, pending.iter().map(|m| m.version).collect())))
+    Ok(Some((sql, versions)))
 }
 
 async fn apply_one(tx: &mut PgConnection, migration: &Migration, schema: &str) -> Result<(), ProvisionError> {

@@ -188,17 +188,6 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     Ok(schemas)
 }
 
-/// The versions of `migrations` after `applied`, `None` if none.
-fn pending_versions(migrations: &TenantMigrations, applied: i32) -> Option<Vec<i32>> {
-    let versions: Vec<i32> = migrations
-        .all()
-        .iter()
-        .map(|m| m.version)
-        .filter(|v| *v > applied)
-        .collect();
-    (!versions.is_empty()).then_some(versions)
-}
-
 /// At most this many schemas go in one `MigrateSchema` job.
 pub const MAX_SCHEMAS_PER_JOB: usize = 25;
 
@@ -317,16 +306,15 @@ pub async fn migrate_run_schemas(
                 break;
             }
             let schema = literal(schema_name)?;
-            let Some(applied) = pending_versions(migrations, *version) else {
-                break;
+            let outcome = |applied: &[i32]| {
+                format!(
+                    "outcome AS (
+                         UPDATE public.provision_migration_run_schema
+                         SET state = 'migrated', applied = '{{{applied}}}', error = NULL, updated_at = now()
+                         WHERE run_id = {run_id} AND schema_name = {schema} AND state = 'queued')",
+                    applied = applied.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
+                )
             };
-            let outcome = format!(
-                "outcome AS (
-                     UPDATE public.provision_migration_run_schema
-                     SET state = 'migrated', applied = '{{{applied}}}', error = NULL, updated_at = now()
-                     WHERE run_id = {run_id} AND schema_name = {schema} AND state = 'queued')",
-                applied = applied.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
-            );
             let Some((sql, applied)) =
                 pending_migrations_sql(migrations, schema_name, *version, Some(&outcome))?
             else {
