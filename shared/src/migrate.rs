@@ -6,8 +6,9 @@
 //! recorded with a checksum of their SQL; a changed checksum is a permanent
 //! error.
 //!
-//! Two ways for a tenant schema: [`pending_migrations_sql`] writes all of a
-//! schema's pending migrations as one transaction for a one-message script
+//! Two ways for tenant schemas: [`pending_migrations_sql`] writes all the
+//! pending migrations of one or a few schemas as one transaction for a
+//! one-message script
 //! (the fast path of provisioning and migrate-all), and
 //! [`migrate_schema_on`] applies them one transaction and round trips each,
 //! reading and checking what is recorded first: the fallback, which says
@@ -205,31 +206,34 @@ pub async fn migrate_schema_on(
     }
 }
 
-/// A data-modifying CTE written from the versions a migration applies.
-pub type AlsoCte<'a> = dyn Fn(&[i32]) -> String + 'a;
+/// A data-modifying CTE, `name AS (…)`, written from the versions a
+/// migration applies and the SQL list of the schemas it applies them to
+/// (`'a', 'b'`, for `schema_name IN (…)`).
+pub type AlsoCte<'a> = dyn Fn(&[i32], &str) -> String + 'a;
 
-/// The statements that bring `schema` from migration `applied` (the newest
-/// one recorded for it; 0 for none) to the newest of `set`, for a script
-/// (see [`crate::script`]) to run inside its own transaction: the schema's
-/// lock, every pending migration, then one statement that records them,
-/// sets the tenant's `schema_version`, runs `also` (another data-modifying
-/// CTE, `name AS (…)`, such as a run's outcome, written from the versions
-/// applied) and checks that the
-/// migrations recorded before were exactly those of `set` up to `applied`.
-/// If they were not, the script stops with [`crate::script::GUARD_FAILED`]
-/// and everything rolls back; the caller falls back to
-/// [`migrate_schema_on`], which says what is wrong. One statement for all
-/// the bookkeeping, because in a script every statement is parsed and
-/// planned anew: four separate ones cost about 1 ms per schema, more than
-/// the migration itself (bench/README.md). `None` when nothing is pending.
+/// The statements that bring every schema of `schemas` from migration
+/// `applied` (the newest one recorded for each; 0 for none) to the newest of
+/// `set`, for a script (see [`crate::script`]) to run inside one
+/// transaction: the schemas' locks, every pending migration in each schema,
+/// then one statement that records them, sets the tenants'
+/// `schema_version`, runs `also` (such as a run's outcome) and checks that
+/// the migrations recorded before were exactly those of `set` up to
+/// `applied`. If they were not, the script stops with
+/// [`crate::script::GUARD_FAILED`] and everything rolls back; the caller
+/// falls back to [`migrate_schema_on`], which says what is wrong.
+///
+/// One statement for all the bookkeeping, and one for several schemas,
+/// because a script's statements are parsed and planned anew each time: the
+/// bookkeeping of one schema costs about as much as its migration, that of
+/// five little more (bench/README.md). `None` when nothing is pending.
 pub fn pending_migrations_sql(
     set: &TenantMigrations,
-    schema: &str,
+    schemas: &[&str],
     applied: i32,
     also: Option<&AlsoCte<'_>>,
 ) -> Result<Option<(String, Vec<i32>)>, ProvisionError> {
     let pending: Vec<&Migration> = set.all().iter().filter(|m| m.version > applied).collect();
-    if pending.is_empty() {
+    if pending.is_empty() || schemas.is_empty() {
         return Ok(None);
     }
     let expected: Vec<String> = set
@@ -238,26 +242,42 @@ pub fn pending_migrations_sql(
         .filter(|m| m.version <= applied)
         .map(|m| format!("{}:{}", m.version, m.checksum))
         .collect();
-    let schema_literal = literal(schema)?;
-    let mut sql = format!(
-        "SELECT pg_advisory_xact_lock({key});\nSET LOCAL search_path TO {ident};\n",
-        key = advisory_key("migrate", schema),
-        ident = quote_ident(schema),
-    );
-    let mut rows = Vec::with_capacity(pending.len());
-    for m in &pending {
-        // A newline first, so a file ending in a `--` comment cannot swallow
-        // the semicolon.
-        sql.push_str(m.sql.trim_end());
-        sql.push_str("\n;\n");
-        rows.push(format!(
-            "({schema_literal}, {}, {}, {})",
-            m.version,
-            literal(&m.name)?,
-            literal(&m.checksum)?
-        ));
+    let schema_literals = schemas
+        .iter()
+        .map(|s| literal(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let locks: Vec<String> = schemas
+        .iter()
+        .map(|s| format!("pg_advisory_xact_lock({})", advisory_key("migrate", s)))
+        .collect();
+    let mut sql = format!("SELECT {};\n", locks.join(", "));
+    let mut rows = Vec::with_capacity(pending.len() * schemas.len());
+    for (schema, schema_literal) in schemas.iter().zip(&schema_literals) {
+        writeln!(sql, "SET LOCAL search_path TO {};", quote_ident(schema)).expect("writing to a String");
+        for m in &pending {
+            // A newline first, so a file ending in a `--` comment cannot
+            // swallow the semicolon.
+            sql.push_str(m.sql.trim_end());
+            sql.push_str("\n;\n");
+            rows.push(format!(
+                "({schema_literal}, {}, {}, {})",
+                m.version,
+                literal(&m.name)?,
+                literal(&m.checksum)?
+            ));
+        }
     }
     let versions: Vec<i32> = pending.iter().map(|m| m.version).collect();
+    let in_list = schema_literals.join(", ");
+    let message = match schemas {
+        [one] => {
+            format!("schema {one}: its recorded migrations are not those up to {applied} of this worker")
+        }
+        _ => format!(
+            "schemas {}: the recorded migrations of one or more are not those up to {applied} of this worker",
+            schemas.join(", ")
+        ),
+    };
     // The guard reads the records as they were when the statement began,
     // before its own insert.
     write!(
@@ -267,18 +287,18 @@ pub fn pending_migrations_sql(
              INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum)\n\
              VALUES {rows}),\n\
          versioned AS (\n\
-             UPDATE public.provision_tenant SET schema_version = {latest} WHERE schema_name = {schema_literal}){also}\n\
-         SELECT public.provision_assert(\n\
-             (SELECT coalesce(string_agg(version || ':' || checksum, ',' ORDER BY version), '')\n\
-              FROM public.provision_tenant_migration WHERE schema_name = {schema_literal}) = {expected},\n\
-             {message}) AS guarded;\n",
+             UPDATE public.provision_tenant SET schema_version = {latest} WHERE schema_name IN ({in_list})){also}\n\
+         SELECT public.provision_assert(bool_and(coalesce(r.got, '') = {expected}), {message}) AS guarded\n\
+         FROM (VALUES ({values})) AS s(schema_name)\n\
+         LEFT JOIN LATERAL (\n\
+             SELECT string_agg(version || ':' || checksum, ',' ORDER BY version) AS got\n\
+             FROM public.provision_tenant_migration m WHERE m.schema_name = s.schema_name) r ON true;\n",
         rows = rows.join(", "),
         latest = set.latest(),
-        also = also.map(|cte| format!(",\n{}", cte(&versions))).unwrap_or_default(),
+        also = also.map(|cte| format!(",\n{}", cte(&versions, &in_list))).unwrap_or_default(),
         expected = literal(&expected.join(","))?,
-        message = literal(&format!(
-            "schema {schema}: its recorded migrations are not those up to {applied} of this worker"
-        ))?,
+        values = schema_literals.join("), ("),
+        message = literal(&message)?,
     )
     .expect("writing to a String");
     Ok(Some((sql, versions)))

@@ -723,7 +723,8 @@ fn step_sql<S: JobSink>(
             .expect("writing to a String");
         }
         Step::Migrate => {
-            if let Some((migrations, _)) = pending_migrations_sql(env.migrations, schema_name, applied, None)?
+            if let Some((migrations, _)) =
+                pending_migrations_sql(env.migrations, &[schema_name], applied, None)?
             {
                 sql.push_str(&migrations);
             }

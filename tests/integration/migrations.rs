@@ -362,19 +362,26 @@ async fn a_tick_missed_while_no_worker_ran_is_run_at_the_next_start() {
     assert_eq!(count, 1);
 }
 
-/// One job for several schemas of a run: a schema behind is migrated, its
-/// outcome recorded in the same transaction; one whose recorded migrations
-/// were tampered with is stopped by the guard, then failed by the
-/// one-transaction-per-migration runner with the exact error; one that is
-/// no longer queued in the run is left alone.
+/// One job for several schemas of a run, which go in groups of
+/// `SCHEMAS_PER_TRANSACTION` per transaction: schemas behind are migrated,
+/// their outcome recorded in the same transaction; one whose recorded
+/// migrations were tampered with is stopped by the guard, which rolls its
+/// group back, then failed by the one-transaction-per-migration runner with
+/// the exact error, while the rest of its group is migrated that way; one
+/// that is no longer queued in the run is left alone; the groups after them
+/// are migrated.
 #[tokio::test]
 async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_exactly() {
     use provision_shared::migrate_all::{
-        RunStart, RunTrigger, SchemaOutcome, migrate_run_schemas, start_run,
+        RunStart, RunTrigger, SCHEMAS_PER_TRANSACTION, SchemaOutcome, migrate_run_schemas, start_run,
     };
     let mut env = TestEnv::new("migbatch").await;
-    let names = ready_tenants(&env, "batch", 3).await;
-    let (fine, tampered, stale) = (&names[0], &names[1], &names[2]);
+    // The tampered schema inside the first group, the stale one after the
+    // second group, then two groups' worth more.
+    let count = 3 * SCHEMAS_PER_TRANSACTION;
+    let names = ready_tenants(&env, "batch", count).await;
+    let (tampered, stale) = (&names[2], &names[SCHEMAS_PER_TRANSACTION + 2]);
+    let fine: Vec<&String> = names.iter().filter(|n| *n != tampered && *n != stale).collect();
     sqlx::query(
         "UPDATE provision_tenant_migration SET checksum = 'edited' WHERE schema_name = $1 AND version = 1",
     )
@@ -405,15 +412,19 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_ex
         .await
         .unwrap();
 
-    assert_eq!(outcomes[0], (fine.clone(), SchemaOutcome::Migrated(vec![2])));
-    match &outcomes[1] {
-        (schema, SchemaOutcome::Failed(error)) if schema == tampered => assert!(
-            error.contains("migration 1") && error.contains("was changed after it was applied"),
-            "{error}"
-        ),
-        other => panic!("the tampered schema ended {other:?}"),
+    assert_eq!(outcomes.len(), count);
+    for (name, (schema, outcome)) in names.iter().zip(&outcomes) {
+        assert_eq!(name, schema, "outcomes in the job's order");
+        match outcome {
+            SchemaOutcome::Failed(error) if schema == tampered => assert!(
+                error.contains("migration 1") && error.contains("was changed after it was applied"),
+                "{error}"
+            ),
+            SchemaOutcome::NotQueued if schema == stale => {}
+            SchemaOutcome::Migrated(applied) if fine.contains(&schema) => assert_eq!(applied, &[2]),
+            other => panic!("{schema} ended {other:?}"),
+        }
     }
-    assert_eq!(outcomes[2], (stale.clone(), SchemaOutcome::NotQueued));
     let rows: Vec<(String, String, Vec<i32>, i32)> = sqlx::query_as(
         "SELECT s.schema_name, s.state, s.applied, t.schema_version
          FROM provision_migration_run_schema s JOIN provision_tenant t USING (schema_name)
@@ -423,16 +434,19 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_ex
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    assert_eq!(
-        rows,
-        [
-            (fine.clone(), "migrated".into(), vec![2], 2),
-            (tampered.clone(), "failed".into(), vec![], 1),
-            (stale.clone(), "pending".into(), vec![], 1),
-        ]
-    );
-    assert_eq!(recorded_versions(&env, fine).await, [1, 2]);
-    assert!(has_notes_column(&env, fine).await);
+    let expected: Vec<(String, String, Vec<i32>, i32)> = names
+        .iter()
+        .map(|n| match n {
+            n if n == tampered => (n.clone(), "failed".into(), vec![], 1),
+            n if n == stale => (n.clone(), "pending".into(), vec![], 1),
+            n => (n.clone(), "migrated".into(), vec![2], 2),
+        })
+        .collect();
+    assert_eq!(rows, expected);
+    for schema in &fine {
+        assert_eq!(recorded_versions(&env, schema).await, [1, 2], "{schema}");
+        assert!(has_notes_column(&env, schema).await, "{schema}");
+    }
     for untouched in [tampered, stale] {
         assert_eq!(recorded_versions(&env, untouched).await, [1], "{untouched}");
         assert!(!has_notes_column(&env, untouched).await, "{untouched}");
