@@ -2,10 +2,13 @@
 //! pushes the job), the `CreateTenant` job as idempotent steps, and the
 //! `SeedDemoData` job.
 //!
-//! Every step is one transaction that does its effect and moves the state
-//! with a guarded `UPDATE … WHERE state = $from`, so a crash leaves either
-//! both or neither, and a step that already happened is never run again: the
-//! state says it is done. Steps of one tenant run under a per-tenant advisory
+//! Steps commit together with the guarded `UPDATE … WHERE state = $from`
+//! that moves the state past them, so a crash leaves either both or
+//! neither, and a step that already happened is never run again: the state
+//! says it is done. A job's first try runs every step left as one
+//! transaction (one state change, one history row per step); a step that
+//! runs again goes one transaction per step, so what keeps failing is
+//! pinned to its step. Steps of one tenant run under a per-tenant advisory
 //! lock, so two workers never interleave them.
 
 use sqlx::pool::PoolConnection;
@@ -432,12 +435,15 @@ async fn drive_steps<S: JobSink>(
     }
     let mut steps_run = 0;
     let mut demo_data_state = None;
-    // Fast path: every step left, each still its own transaction, sent in
-    // one message. Not when resuming at `migrate`, where the migrations
-    // already applied are not known without asking.
+    // Fast path: every step left in one transaction, sent in one message.
+    // Only on a step's first execution: one that runs again (after a crash
+    // or a transient error) goes step by step, so that what keeps failing
+    // is pinned to its step. Not when resuming at `migrate` either, where
+    // the migrations already applied are not known without asking.
     let planned = plan_steps(state, max_steps);
-    if state != TenantState::SchemaCreated
-        && let Some(mut sql) = steps_in_one_message(env, schema_name, &row, &planned)
+    if row.attempt == 1
+        && state != TenantState::SchemaCreated
+        && let Some(mut sql) = steps_in_one_transaction(env, schema_name, &row, &planned)
     {
         sql.push_str(&unlock);
         let sent = std::time::Instant::now();
@@ -450,8 +456,9 @@ async fn drive_steps<S: JobSink>(
                 row.attempt = 1;
             }
             Err(failure) => {
-                // Look at what committed, then go on step by step from
-                // there: that path reports the failing step's error exactly.
+                // Nothing committed (a lost connection after the COMMIT
+                // aside): look, then go on step by step from there, which
+                // reports the failing step's error exactly.
                 let (now, attempt): (String, i32) = sqlx::query_as(
                     "SELECT state, attempt FROM public.provision_tenant WHERE schema_name = $1",
                 )
@@ -558,28 +565,49 @@ fn plan_steps(mut state: TenantState, max_steps: usize) -> Vec<(Step, TenantStat
     plan
 }
 
-/// The script of the `planned` steps, or `None` when there are none or one
-/// cannot be written here (the step-by-step path then reports why).
-fn steps_in_one_message<S: JobSink>(
+/// The script of the `planned` steps as one transaction, or `None` when
+/// there are none or one cannot be written here (the step-by-step path then
+/// reports why). Each step's effect is followed by a row with the server's
+/// time, kept for its history row; then one guarded state change from the
+/// first state to the last records every step. One transaction rather than
+/// one per step: a crash leaves the tenant as it was, and the state changes
+/// and history of five steps cost one statement instead of five, which
+/// PostgreSQL must parse and plan anew in a script (bench/README.md).
+fn steps_in_one_transaction<S: JobSink>(
     env: &JobEnv<'_, S>,
     schema_name: &str,
     row: &TenantRow,
     planned: &[(Step, TenantState, TenantState)],
 ) -> Option<String> {
-    if planned.is_empty() {
-        return None;
-    }
-    let mut sql = String::from("SELECT clock_timestamp() AS started_at;\n");
-    for &(step, from, to) in planned {
+    let (first, last) = (planned.first()?, planned.last()?);
+    let mut sql = String::from("SELECT clock_timestamp() AS started_at;\nBEGIN;\n");
+    sql.push_str(commit_mode(last.2));
+    let mut events = Vec::with_capacity(planned.len());
+    for (i, &(step, from, to)) in planned.iter().enumerate() {
         // Before `migrate`, the schema is new (created by this script or by
         // an earlier job): nothing is recorded in it yet.
-        sql.push_str(&step_sql(env, schema_name, row, step, from, to, 0).ok()?);
+        sql.push_str(&step_effect_sql(env, schema_name, row, step, 0).ok()?);
+        let setting = format!("provision.done_{}", step.as_str());
+        sql.push_str(&format!(
+            "SELECT '{step}' AS step, set_config('{setting}', clock_timestamp()::text, true)::timestamptz AS done_at;\n",
+            step = step.as_str(),
+        ));
+        events.push(StepEvent {
+            step,
+            from,
+            to,
+            attempt: if i == 0 { row.attempt } else { 1 },
+            at: format!("current_setting('{setting}')::timestamptz"),
+        });
     }
+    sql.push_str(&transition_sql(schema_name, first.1, last.2, &events, env.actor).ok()?);
+    sql.push_str("COMMIT;\n");
     Some(sql)
 }
 
 /// Logs a `transition` event per step the script returned a row for, timed
-/// by the server's clock; returns the demo data state the last one saw.
+/// by the server's clock; returns the tenant's demo data state as the
+/// state change saw it.
 fn record_transitions(
     schema_name: &str,
     planned: &[(Step, TenantState, TenantState)],
@@ -596,6 +624,10 @@ fn record_transitions(
             previous = Some(started);
             continue;
         }
+        if let Ok(state) = row.try_get::<Option<String>, _>("demo_data_state") {
+            demo = state;
+            continue;
+        }
         let Ok(done_at) = row.try_get::<chrono::DateTime<chrono::Utc>, _>("done_at") else {
             continue;
         };
@@ -607,7 +639,6 @@ fn record_transitions(
             |p| (done_at - p).num_microseconds().unwrap_or(0) as f64 / 1000.0,
         );
         previous = Some(done_at);
-        demo = row.try_get::<Option<String>, _>("demo_data_state").ok().flatten();
         let attempt = if step == &planned[0].0 { attempt } else { 1 };
         tracing::info!(
             schema_name,
@@ -668,7 +699,7 @@ async fn run_step<S: JobSink>(
 }
 
 /// One step of `schema_name` as a transaction for a script: its effect,
-/// then its transition. `applied` is the newest migration recorded in the
+/// then its state change. `applied` is the newest migration recorded in the
 /// schema (the `migrate` step applies the ones after it).
 fn step_sql<S: JobSink>(
     env: &JobEnv<'_, S>,
@@ -679,17 +710,45 @@ fn step_sql<S: JobSink>(
     to: TenantState,
     applied: i32,
 ) -> Result<String, ProvisionError> {
+    let event = StepEvent {
+        step,
+        from,
+        to,
+        attempt: row.attempt,
+        at: "clock_timestamp()".into(),
+    };
+    Ok(format!(
+        "BEGIN;\n{mode}{effect}{transition}COMMIT;\n",
+        mode = commit_mode(to),
+        effect = step_effect_sql(env, schema_name, row, step, applied)?,
+        transition = transition_sql(schema_name, from, to, &[event], env.actor)?,
+    ))
+}
+
+/// The commit mode of a transaction that leaves the tenant in `to`: only
+/// `ready` must be on disk before anyone hears of it. A server crash may
+/// lose an earlier state's commit, but always together with its effect,
+/// and the step runs again; the `ready` commit flushes every earlier one.
+fn commit_mode(to: TenantState) -> &'static str {
+    if to == TenantState::Ready {
+        ""
+    } else {
+        "SET LOCAL synchronous_commit TO off;\n"
+    }
+}
+
+/// What one step does to the database, as statements for a script.
+fn step_effect_sql<S: JobSink>(
+    env: &JobEnv<'_, S>,
+    schema_name: &str,
+    row: &TenantRow,
+    step: Step,
+    applied: i32,
+) -> Result<String, ProvisionError> {
     use std::fmt::Write as _;
     let s = literal(schema_name)?;
     let ident = quote_ident(schema_name);
-    let mut sql = String::from("BEGIN;\n");
-    if to != TenantState::Ready {
-        // Only `ready` must be on disk before anyone hears of it. A server
-        // crash may lose an earlier step's commit, but always together with
-        // its effect, and the step runs again; the `ready` commit flushes
-        // every earlier one.
-        sql.push_str("SET LOCAL synchronous_commit TO off;\n");
-    }
+    let mut sql = String::new();
     match step {
         Step::Register => {
             let days = row.trial_days;
@@ -754,34 +813,47 @@ fn step_sql<S: JobSink>(
             .expect("writing to a String");
         }
     }
-    sql.push_str(&transition_sql(
-        &s,
-        schema_name,
-        from,
-        to,
-        step,
-        row.attempt,
-        env.actor,
-    )?);
-    sql.push_str("COMMIT;\n");
     Ok(sql)
 }
 
-/// Moves the tenant (`s`, its name as a literal) from `from` to `to` and
-/// records it: one guarded statement, which stops the script (the guard's
-/// SQLSTATE) if someone else moved the tenant. Returns a row with the step,
-/// the server's time, and the tenant's demo data state.
+/// A step's row in the tenant's history.
+struct StepEvent {
+    step: Step,
+    from: TenantState,
+    to: TenantState,
+    /// Which execution of the step this was.
+    attempt: i32,
+    /// SQL for when it was done.
+    at: String,
+}
+
+/// Moves the tenant from `from` to `to` and records each of `events` (the
+/// steps between, in order): one guarded statement, which stops the script
+/// (the guard's SQLSTATE) if someone else moved the tenant. Returns a row
+/// with the tenant's demo data state.
 fn transition_sql(
-    s: &str,
     schema_name: &str,
     from: TenantState,
     to: TenantState,
-    step: Step,
-    attempt: i32,
+    events: &[StepEvent],
     actor: &str,
 ) -> Result<String, ProvisionError> {
     let ready = to == TenantState::Ready;
     let drops_hash = matches!(to, TenantState::AdminCreated | TenantState::Ready);
+    let rows: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "('{from}', '{to}', '{step}', {attempt}, {at})",
+                from = e.from.as_str(),
+                to = e.to.as_str(),
+                step = e.step.as_str(),
+                attempt = e.attempt,
+                at = e.at,
+            )
+        })
+        .collect();
+    let steps: Vec<&str> = events.iter().map(|e| e.step.as_str()).collect();
     Ok(format!(
         "WITH moved AS (
              UPDATE public.provision_tenant
@@ -794,20 +866,22 @@ fn transition_sql(
              WHERE schema_name = {s} AND state = '{from}'
              RETURNING schema_name, demo_data_state),
          recorded AS (
-             INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, actor)
-             SELECT schema_name, '{from}', '{to}', '{step}', {attempt}, {actor} FROM moved)
+             INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, actor, at)
+             SELECT moved.schema_name, e.from_state, e.to_state, e.step, e.attempt, {actor}, e.at
+             FROM moved, (VALUES {rows}) AS e(from_state, to_state, step, attempt, at))
          SELECT public.provision_assert(EXISTS (SELECT 1 FROM moved), {message}) AS guarded,
-                '{step}' AS step, clock_timestamp() AS done_at,
                 (SELECT demo_data_state FROM moved) AS demo_data_state;\n",
+        s = literal(schema_name)?,
         to = to.as_str(),
         from = from.as_str(),
-        step = step.as_str(),
         attempt_after = if ready { "attempt" } else { "1" },
-        ready_at = if ready { "now()" } else { "ready_at" },
+        ready_at = if ready { "clock_timestamp()" } else { "ready_at" },
         hash = if drops_hash { "NULL" } else { "admin_password_hash" },
+        rows = rows.join(", "),
         actor = literal(actor)?,
         message = literal(&format!(
-            "tenant {schema_name:?} left state {from} while step {step} ran"
+            "tenant {schema_name:?} left state {from} while step {} ran",
+            steps.join(", ")
         ))?,
     ))
 }

@@ -492,6 +492,35 @@ impl TestEnv {
         }
     }
 
+    /// Waits until a session of this test's database waits on `wait_event`
+    /// (`PgSleep`: a statement is in `pg_sleep`), or panics after
+    /// `timeout`. A job is then in the middle of its work, whatever state
+    /// its tenant shows: a tenant's steps commit together, so its state
+    /// moves only at their end.
+    pub async fn wait_for_wait_event(&self, wait_event: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.waits_on(wait_event).await {
+            assert!(
+                start.elapsed() < timeout,
+                "no session waited on {wait_event} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether a session of this test's database waits on `wait_event` now.
+    pub async fn waits_on(&self, wait_event: &str) -> bool {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+             WHERE datname = $1 AND state = 'active' AND wait_event = $2)",
+        )
+        .bind(&self.db_name)
+        .bind(wait_event)
+        .fetch_one(&self.pool)
+        .await
+        .expect("pg_stat_activity")
+    }
+
     /// Removes the database and the Redis keys of this test.
     fn cleanup(&self) {
         let (db_name, namespace, dir, roles) = (

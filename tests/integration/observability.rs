@@ -27,8 +27,7 @@ async fn metrics_move_by_the_right_amounts_and_healthz_follows_redis() {
         "--skip-demo-data".into(),
     ]);
     env.provision(&strs(&args)).expect_code(0);
-    env.wait_for_state("metered", "schema_created", Duration::from_secs(60))
-        .await;
+    env.wait_for_wait_event("PgSleep", Duration::from_secs(60)).await;
     let (_, during) = http_get(&addr, "/metrics");
     assert_eq!(
         metric(&during, "provision_jobs_started_total", "job=\"create_tenant\""),
@@ -40,8 +39,9 @@ async fn metrics_move_by_the_right_amounts_and_healthz_follows_redis() {
         0.0
     );
     assert_eq!(
-        metric(&during, "provision_tenants", "state=\"schema_created\""),
-        1.0
+        metric(&during, "provision_tenants", "state=\"requested\""),
+        1.0,
+        "{during}"
     );
     assert_eq!(
         metric(

@@ -210,6 +210,12 @@ async fn theo_is_provisioned_end_to_end_through_the_real_binaries() {
     for entry in history {
         assert!(entry.get("at").is_some() && entry.get("attempt").is_some() && entry.get("error").is_some());
     }
+    // Each step has its own time, though the steps committed together.
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = history[..6]
+        .iter()
+        .map(|h| chrono::DateTime::parse_from_rfc3339(h["at"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{history:?}");
 
     // The Greek name round-trips through `list --json` too.
     args.clear();
