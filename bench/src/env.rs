@@ -42,6 +42,8 @@ pub(crate) struct BenchEnv {
     pub(crate) dir: PathBuf,
     admin_url: String,
     bin_dir: PathBuf,
+    /// `CHECKPOINT` was refused once (see [`BenchEnv::settle`]).
+    settle_refused: std::sync::atomic::AtomicBool,
 }
 
 impl BenchEnv {
@@ -80,6 +82,7 @@ impl BenchEnv {
             pool,
             admin_url: servers.admin_url.clone(),
             bin_dir: servers.bin_dir.clone(),
+            settle_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -148,6 +151,22 @@ impl BenchEnv {
             .fetch_one(&self.pool)
             .await
             .ok()
+    }
+
+    /// Writes the server's dirty buffers out (`CHECKPOINT`) before a timed
+    /// phase, so that it does not pay for the writes of the phase before,
+    /// and a checkpoint due by WAL volume is less likely to fall inside it.
+    /// Both the system and its lower bound start this way. Without the
+    /// privilege (PostgreSQL 15: superuser or `pg_checkpoint`) it says so
+    /// once and goes on.
+    pub(crate) async fn settle(&self) {
+        if let Err(e) = sqlx::query("CHECKPOINT").execute(&self.pool).await
+            && !self
+                .settle_refused
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!("note: CHECKPOINT before timed phases refused ({e}); figures may be noisier");
+        }
     }
 
     /// A command running the `provision` client against the bench's

@@ -72,6 +72,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             );
 
             let commits_before = env.transactions_committed().await;
+            env.settle().await;
             let mut worker = env.start_worker(concurrency, Some(&dir)).await?;
             let label = format!("migrate-all c={concurrency} #{rep}: schemas");
             let timed = timed_run(env, &mut worker, version, n, &label).await?;
@@ -99,6 +100,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
 
             column += 1;
             let ddl = add_column(column);
+            env.settle().await;
             let floor_run = run_on_sessions(
                 &env.database_url,
                 concurrency,

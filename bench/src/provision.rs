@@ -221,6 +221,7 @@ struct Drain {
 /// until all `n` are ready. Reads its peak memory just before stopping it.
 async fn drain(env: &BenchEnv, prefix: &str, n: usize, label: &str) -> anyhow::Result<Drain> {
     let commits_before = env.transactions_committed().await;
+    env.settle().await;
     let started = Instant::now();
     let mut worker = env.start_worker(CONCURRENCY, None).await?;
     let deadline = Duration::from_secs(120) + Duration::from_millis(500) * u32::try_from(n)?;
@@ -405,6 +406,7 @@ async fn throughput_floor(
     rep: usize,
 ) -> anyhow::Result<Duration> {
     let (hash, migrations) = (hash.to_owned(), migrations.clone());
+    env.settle().await;
     let run = run_on_sessions(
         &env.database_url,
         CONCURRENCY,
