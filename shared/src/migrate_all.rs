@@ -265,9 +265,10 @@ pub enum SchemaOutcome {
 
 /// At most this many schemas of a `MigrateSchema` job share one
 /// transaction: their bookkeeping is then one statement for all of them,
-/// which costs about what one schema's costs (bench/README.md). Few enough
-/// that a failing migration rolls back little, and that a tenant's tables
-/// stay locked only a few milliseconds longer than its own migration takes.
+/// which costs about what one schema's costs (bench/README.md). Few,
+/// because a tenant's tables stay locked until its group commits (up to
+/// five migrations' time, a few milliseconds for a column added) and a
+/// failing migration rolls the others of its group back.
 pub const SCHEMAS_PER_TRANSACTION: usize = 5;
 
 /// Runs a run's `MigrateSchema` job for `schema_names`, in order, and
