@@ -181,7 +181,8 @@ async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
         "the grace period was not kept"
     );
     assert!(
-        first.log_text().contains("grace period over"),
+        first.log_text().contains("grace period over")
+            && first.log_text().contains("abandoned jobs returned to the queue"),
         "{}",
         first.log_text()
     );
@@ -189,7 +190,7 @@ async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
     // nothing of them was kept.
     assert_eq!(state_of(&env, "abandoned").await.as_deref(), Some("requested"));
     assert_eq!(env.tenant_counts("abandoned").await, (0, 0, 0, 0));
-    // Another worker takes the orphaned job over (no reconciler: 120 s).
+    // Another worker takes the returned job over (no reconciler: 120 s).
     let second = env.start_worker(&[]).await;
     let taken_over = Instant::now();
     while state_of(&env, "abandoned").await.as_deref() != Some("ready") {
@@ -401,7 +402,8 @@ async fn a_job_that_crashes_its_worker_counts_as_an_attempt_and_ends_failed() {
     // first time in the steps sent as one transaction, which roll back;
     // then twice in the migrate step, as a job that runs again goes step by
     // step (its earlier steps commit, each resetting the count).
-    for (execution, state_then) in [(1, "requested"), (1, "schema_created"), (2, "schema_created")] {
+    let kills = [(1, "requested"), (1, "schema_created"), (2, "schema_created")];
+    for (kill, (execution, state_then)) in kills.into_iter().enumerate() {
         let mut worker = env.start_worker(&settings).await;
         let start = Instant::now();
         loop {
@@ -416,7 +418,8 @@ async fn a_job_that_crashes_its_worker_counts_as_an_attempt_and_ends_failed() {
             }
             assert!(
                 start.elapsed() < WAIT,
-                "execution {execution} never started: {state} {attempt}"
+                "kill {} never came (waiting for {state_then} at attempt {execution}): {state} {attempt}",
+                kill + 1
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

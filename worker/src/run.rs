@@ -254,6 +254,29 @@ pub async fn run_worker(
         wakers.clone(),
         stop_rx.clone(),
     ));
+    // Each job loop is also woken at its heartbeat interval. apalis-core's
+    // backend polls its heartbeat timer only between fetches: a timer that
+    // fires while a fetch is on its way is never polled again, and the idle
+    // loop then neither heartbeats nor fetches until something else wakes
+    // it (seen as a job loop gone quiet after its first job, once in a few
+    // runs of the grace-period test). This wake-up restores the cadence.
+    let mut nudgers = tokio::task::JoinSet::new();
+    for kind in JobKind::ALL {
+        let (signal, mut stop) = (wakers.signal(kind), stop_rx.clone());
+        let every = settings
+            .heartbeat
+            .unwrap_or_else(|| crate::queue::heartbeat(kind));
+        nudgers.spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => signal.raise(),
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     let loops = JobLoops {
         state: state.clone(),
         wakers,
@@ -263,8 +286,11 @@ pub async fn run_worker(
         stop: stop_rx.clone(),
     };
     let mut workers = tokio::task::JoinSet::new();
+    // The generation of each queue's job loop now running (see `loop_name`).
+    let mut generations: std::collections::HashMap<JobKind, u32> = Default::default();
     for kind in JobKind::ALL {
         workers.spawn(loops.run(Loop::Queue(kind), 0));
+        generations.insert(kind, 0);
     }
     if let Some(schedule) = &settings.migrate_all_cron {
         if let Err(e) = schedule::catch_up(&state, schedule).await {
@@ -300,6 +326,18 @@ pub async fn run_worker(
                     "grace period over with jobs still running: they are abandoned, and another worker takes them over"
                 );
                 workers.abort_all();
+                // Hand the abandoned jobs back now rather than leave them
+                // until another worker finds this one dead: the next worker
+                // takes them at once (and waits for the tenant's lock, which
+                // this process's connections give up as they close).
+                for (kind, generation) in &generations {
+                    let loop_name = loop_name(&name, Loop::Queue(*kind), *generation);
+                    match queue.quarantine_inflight(*kind, &loop_name, &state.pool, &name).await {
+                        Ok((0, 0)) => {}
+                        Ok((returned, rejected)) => tracing::info!(returned, rejected, queue = kind.name(), "abandoned jobs returned to the queue"),
+                        Err(e) => tracing::warn!(error = %e, queue = kind.name(), "could not return the abandoned jobs; another worker takes them over when this one is seen dead"),
+                    }
+                }
                 break;
             }
             joined = workers.join_next() => {
@@ -354,6 +392,9 @@ pub async fn run_worker(
                         Err(e) => tracing::warn!(error = %e, "could not look at the dead loop's jobs"),
                     }
                 }
+                if let Loop::Queue(kind) = job_loop {
+                    generations.insert(kind, generation + 1);
+                }
                 let restart = loops.run(job_loop, generation + 1);
                 workers.spawn(async move {
                     tokio::time::sleep(backoff).await;
@@ -364,6 +405,7 @@ pub async fn run_worker(
     }
     let _ = maintenance.await;
     let _ = listener.await;
+    nudgers.join_all().await;
     // Give the pool a moment to close its connections cleanly.
     tokio::time::timeout(Duration::from_secs(5), state.pool.close())
         .await
