@@ -12,7 +12,7 @@ use provision_shared::ProvisionError;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::provision::{
-    JobEnv, JobOutcome, Recorded, TenantRequest, record_request, run_create_tenant,
+    JobEnv, JobOutcome, Recorded, TenantRequest, note_job_id, record_request, run_create_tenant,
 };
 use provision_shared::state::TenantState;
 use sqlx::PgPool;
@@ -62,6 +62,15 @@ pub(crate) async fn record(pool: &PgPool, schema: &str, hash: &str) -> anyhow::R
         recorded == Recorded::New,
         "{schema} was recorded before: {recorded:?}"
     );
+    Ok(())
+}
+
+/// Pushes `schema`'s `CreateTenant` job and notes its id, as `provision
+/// create-tenant` does. A tenant whose job id is not noted looks owed to a
+/// worker's reconciler after two seconds, which would push its job again.
+pub(crate) async fn push<S: JobSink>(pool: &PgPool, queue: &S, schema: &str) -> anyhow::Result<()> {
+    let id = queue.push(JobRequest::now(JobKind::CreateTenant, schema)).await?;
+    note_job_id(pool, schema, &id).await?;
     Ok(())
 }
 
@@ -129,11 +138,10 @@ pub(crate) async fn record_all(
 
 /// Pushes a `CreateTenant` job for each of `names`, one after the other,
 /// as the signups would have.
-pub(crate) async fn push_all<S: JobSink>(queue: &S, names: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn push_all<S: JobSink>(pool: &PgPool, queue: &S, names: &[String]) -> anyhow::Result<()> {
     let mut progress = Progress::new("pushing jobs", names.len());
     for (i, schema) in names.iter().enumerate() {
-        queue
-            .push(JobRequest::now(JobKind::CreateTenant, schema.as_str()))
+        push(pool, queue, schema)
             .await
             .with_context(|| format!("pushing {schema}"))?;
         progress.show(i + 1);

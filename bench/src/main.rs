@@ -251,11 +251,20 @@ async fn main() -> ExitCode {
     }
     let mut report = Report::default();
     let mut outcome = Ok(());
+    // Every part's database is dropped at the very end: dropping one
+    // removes thousands of files, and on a file system without a journal
+    // ext4 then skips the freed inodes for minutes, which slows whatever
+    // phase creates tables next (bench/README.md, session 4).
+    let mut used = Vec::new();
     for part in cli.command.parts() {
-        outcome = measure(&servers, &part, &mut report).await;
+        outcome = measure(&servers, &part, &mut report, &mut used).await;
         if outcome.is_err() {
             break;
         }
+    }
+    for env in used {
+        eprintln!("removing database and namespace {}", env.name);
+        env.remove().await;
     }
     println!();
     print!("{}", report.table());
@@ -281,9 +290,15 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Runs one part on a fresh database and namespace, and removes them
-/// whatever happened, Ctrl-C included (the workers die with their handles).
-async fn measure(servers: &Servers, part: &Part, report: &mut Report) -> anyhow::Result<()> {
+/// Runs one part on a fresh database and namespace, which it adds to
+/// `used` for removal whatever happened, Ctrl-C included (the workers die
+/// with their handles).
+async fn measure(
+    servers: &Servers,
+    part: &Part,
+    report: &mut Report,
+    used: &mut Vec<BenchEnv>,
+) -> anyhow::Result<()> {
     let env = BenchEnv::create(servers).await?;
     eprintln!("bench database and Redis namespace: {}", env.name);
     let outcome = tokio::select! {
@@ -295,7 +310,6 @@ async fn measure(servers: &Servers, part: &Part, report: &mut Report) -> anyhow:
         } => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    eprintln!("removing database and namespace {}", env.name);
-    env.remove().await;
+    used.push(env);
     outcome
 }

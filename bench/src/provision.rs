@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use provision_shared::db;
-use provision_shared::jobs::{JobKind, JobRequest, JobSink};
+use provision_shared::jobs::JobKind;
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::password::{ARGON2_MEMORY_KIB, django_argon2_hash};
 use provision_worker::queue::{RedisQueue, heartbeat};
@@ -120,9 +120,7 @@ async fn latency(
             fixtures::record(&env.pool, &schema, hash).await?;
             tokio::time::sleep(pause(i)).await;
             let started = Instant::now();
-            queue
-                .push(JobRequest::now(JobKind::CreateTenant, schema.as_str()))
-                .await?;
+            fixtures::push(&env.pool, queue, &schema).await?;
             let mut polls = 0u32;
             loop {
                 let (state, error): (String, Option<String>) = sqlx::query_as(
@@ -326,7 +324,7 @@ async fn throughput(
         let prefix = format!("tp{rep}");
         let names = fixtures::names(&prefix, n);
         fixtures::record_all(&env.pool, names.clone(), hash, SETUP_PARALLEL).await?;
-        fixtures::push_all(queue, &names).await?;
+        fixtures::push_all(&env.pool, queue, &names).await?;
         // Alternating which goes first: both see the catalog grow alike.
         let floor_first = rep % 2 == 1;
         let floor_names = fixtures::names(&format!("tplb{rep}"), n);
@@ -535,7 +533,7 @@ async fn client_floor(env: &BenchEnv, schema: &str) -> anyhow::Result<Duration> 
     let queue = RedisQueue::connect(&env.redis_url, &env.name).await?;
     let hash = django_argon2_hash(PASSWORD);
     fixtures::record(&pool, schema, &hash).await?;
-    queue.push(JobRequest::now(JobKind::CreateTenant, schema)).await?;
+    fixtures::push(&pool, &queue, schema).await?;
     let elapsed = started.elapsed();
     pool.close().await;
     Ok(elapsed)
@@ -554,7 +552,7 @@ async fn growth(
     eprintln!("== growth: a backlog of {tenants} tenants, one worker (concurrency {CONCURRENCY})");
     let names = fixtures::names("gr", tenants);
     fixtures::record_all(&env.pool, names.clone(), hash, SETUP_PARALLEL).await?;
-    fixtures::push_all(queue, &names).await?;
+    fixtures::push_all(&env.pool, queue, &names).await?;
     let drained = drain(env, "gr_", tenants, "growth: tenants ready").await?;
     let ready_ms: Vec<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM ready_at)::float8 * 1000 FROM public.provision_tenant
