@@ -28,8 +28,11 @@ use crate::queue::RedisQueue;
 /// What every handler shares.
 #[derive(Debug)]
 pub struct WorkerState {
-    /// PostgreSQL.
+    /// PostgreSQL, for the worker's own work: rejected payloads, the
+    /// maintenance loop, the schedule, metrics.
     pub pool: PgPool,
+    /// PostgreSQL, for the jobs: one pool per kind.
+    pub job_pools: JobPools,
     /// The queues, for follow-up jobs.
     pub queue: RedisQueue,
     /// Tenant migrations to apply.
@@ -40,6 +43,55 @@ pub struct WorkerState {
     pub max_attempts: i32,
     /// Job counters and step timings.
     pub metrics: Arc<Metrics>,
+}
+
+/// One PostgreSQL pool per job kind, each of its kind's concurrency plus
+/// one (a job that holds its tenant's connection may briefly need a second,
+/// to record a retry).
+///
+/// Why not one shared pool: sqlx hands a connection back to its pool in a
+/// task of its own, after a round trip, so the next job often finds none
+/// idle and the pool opens another, up to its limit; and the idle
+/// connections are reused first in, first out, so from then on every one of
+/// them takes its turn. Each backend that sat idle must then catch up on
+/// the catalog invalidations of all the DDL the others ran, and its caches
+/// start cold. With small pools per kind, the connections in turn are few,
+/// and one kind's jobs cannot take the connections another kind needs.
+#[derive(Debug)]
+pub struct JobPools {
+    create_tenant: PgPool,
+    seed_demo_data: PgPool,
+    migrate_schema: PgPool,
+}
+
+impl JobPools {
+    /// Opens the three pools on `url` for `concurrency` jobs of each kind.
+    pub async fn connect(url: &str, concurrency: usize) -> Result<Self, ProvisionError> {
+        let size = u32::try_from(concurrency + 1).unwrap_or(u32::MAX);
+        Ok(Self {
+            create_tenant: provision_shared::db::connect(url, size).await?,
+            seed_demo_data: provision_shared::db::connect(url, size).await?,
+            migrate_schema: provision_shared::db::connect(url, size).await?,
+        })
+    }
+
+    /// The pool of `kind`'s jobs.
+    pub fn get(&self, kind: JobKind) -> &PgPool {
+        match kind {
+            JobKind::CreateTenant => &self.create_tenant,
+            JobKind::SeedDemoData => &self.seed_demo_data,
+            JobKind::MigrateSchema => &self.migrate_schema,
+        }
+    }
+
+    /// Closes every pool's connections.
+    pub async fn close(&self) {
+        futures::join!(
+            self.create_tenant.close(),
+            self.seed_demo_data.close(),
+            self.migrate_schema.close()
+        );
+    }
 }
 
 /// What every payload carries.
@@ -158,7 +210,7 @@ pub async fn create_tenant(
     );
     async {
         let env = JobEnv {
-            pool: &state.pool,
+            pool: state.job_pools.get(JobKind::CreateTenant),
             sink: &state.queue,
             migrations: &state.migrations,
             actor: &state.name,
@@ -209,14 +261,15 @@ pub async fn seed_demo_data(
         delivery = attempt.current()
     );
     async {
-        let result = run_seed_demo_data(&state.pool, &job.schema_name, &state.name).await;
+        let pool = state.job_pools.get(JobKind::SeedDemoData);
+        let result = run_seed_demo_data(pool, &job.schema_name, &state.name).await;
         state.metrics.job(JobKind::SeedDemoData, counted(&result));
         // Given up: a permanent error, or the last of the attempts.
         if let Err(e) = &result
             && (e.is_permanent() || attempt.current() >= usize::try_from(state.max_attempts).unwrap_or(8))
         {
             tracing::warn!(error = %e, "seeding demo data failed");
-            mark_demo_data_failed(&state.pool, &job.schema_name, &e.to_string(), &state.name)
+            mark_demo_data_failed(pool, &job.schema_name, &e.to_string(), &state.name)
                 .await
                 .map_err(escape)?;
             return Ok(());
@@ -261,7 +314,7 @@ pub async fn migrate_schema_job(
             let mut schema_names = vec![job.schema_name.clone()];
             schema_names.extend(job.more_schema_names.iter().cloned());
             let result = migrate_run_schemas(
-                &state.pool,
+                state.job_pools.get(JobKind::MigrateSchema),
                 &state.migrations,
                 run_id,
                 &schema_names,
@@ -289,7 +342,8 @@ pub async fn migrate_schema_job(
             }
             return Ok(());
         }
-        let result = migrate_tenant(&state.pool, &state.migrations, &job.schema_name, &state.name).await;
+        let pool = state.job_pools.get(JobKind::MigrateSchema);
+        let result = migrate_tenant(pool, &state.migrations, &job.schema_name, &state.name).await;
         state.metrics.job(JobKind::MigrateSchema, counted(&result));
         match result {
             Ok(done) => {

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use apalis_cron::CronScheduler;
 
-use crate::handlers::{self, WorkerState};
+use crate::handlers::{self, JobPools, WorkerState};
 use crate::metrics::{self, Metrics};
 use crate::queue::{RedisQueue, woken_storage};
 use crate::wake::{self, Wakers};
@@ -215,8 +215,9 @@ pub async fn run_worker(
     if created {
         tracing::info!(database_url = %db::redact_url(&settings.database_url), "created the database");
     }
-    let pool_size = u32::try_from(settings.concurrency * 2 + 4).unwrap_or(64);
-    let pool = db::connect(&settings.database_url, pool_size)
+    // The worker's own pool: the maintenance loop, the schedule, metrics
+    // and rejected payloads. Jobs have pools of their own (`JobPools`).
+    let pool = db::connect(&settings.database_url, 4)
         .await
         .with_context(|| format!("PostgreSQL at {}", db::redact_url(&settings.database_url)))?;
     let applied = apply_public_migrations(&pool)
@@ -229,8 +230,12 @@ pub async fn run_worker(
         .await
         .with_context(|| format!("Redis at {}", db::redact_url(&settings.redis_url)))?;
     let name = unique_worker_name();
+    let job_pools = JobPools::connect(&settings.database_url, settings.concurrency)
+        .await
+        .with_context(|| format!("PostgreSQL at {}", db::redact_url(&settings.database_url)))?;
     let state = Arc::new(WorkerState {
         pool,
+        job_pools,
         queue: queue.clone(),
         migrations: settings.migrations.clone(),
         name: name.clone(),
@@ -407,9 +412,11 @@ pub async fn run_worker(
     let _ = listener.await;
     nudgers.join_all().await;
     // Give the pool a moment to close its connections cleanly.
-    tokio::time::timeout(Duration::from_secs(5), state.pool.close())
-        .await
-        .ok();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        futures::join!(state.pool.close(), state.job_pools.close())
+    })
+    .await
+    .ok();
     if let Some(message) = failure {
         bail!(message);
     }
