@@ -484,12 +484,50 @@ impl TestEnv {
             if now.as_deref() == Some(state) {
                 return;
             }
-            assert!(
-                start.elapsed() < timeout,
-                "tenant {schema} is {now:?}, not {state}, after {timeout:?}"
-            );
+            if start.elapsed() >= timeout {
+                panic!(
+                    "tenant {schema} is {now:?}, not {state}, after {timeout:?}\n{}",
+                    self.diagnosis().await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What a test that timed out should show: every tenant's state, the
+    /// namespace's Redis keys, and the end of each worker's log.
+    pub async fn diagnosis(&self) -> String {
+        use std::fmt::Write as _;
+        let states: Vec<(String, String, i32)> =
+            sqlx::query_as("SELECT schema_name, state, attempt FROM provision_tenant ORDER BY schema_name")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap_or_default();
+        let mut text = format!(
+            "tenants (schema, state, attempt): {states:?}\nredis: {:?}\n",
+            self.redis_dump().await
+        );
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("worker-"))
+        });
+        logs.sort();
+        for log in logs {
+            let content = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = content.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            let _ = write!(
+                text,
+                "--- {} (last {} lines)\n{}\n",
+                log.display(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+        text
     }
 
     /// Waits until a session of this test's database waits on `wait_event`
@@ -500,10 +538,12 @@ impl TestEnv {
     pub async fn wait_for_wait_event(&self, wait_event: &str, timeout: Duration) {
         let start = Instant::now();
         while !self.waits_on(wait_event).await {
-            assert!(
-                start.elapsed() < timeout,
-                "no session waited on {wait_event} within {timeout:?}"
-            );
+            if start.elapsed() >= timeout {
+                panic!(
+                    "no session waited on {wait_event} within {timeout:?}\n{}",
+                    self.diagnosis().await
+                );
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
