@@ -254,7 +254,7 @@ async fn main() -> ExitCode {
     // Every part's database is dropped at the very end: dropping one
     // removes thousands of files, and on a file system without a journal
     // ext4 then skips the freed inodes for minutes, which slows whatever
-    // phase creates tables next (bench/README.md, session 4).
+    // phase creates tables next (bench/README.md, "Where the time went (session 4)").
     let mut used = Vec::new();
     for part in cli.command.parts() {
         outcome = measure(&servers, &part, &mut report, &mut used).await;
