@@ -78,12 +78,15 @@ impl WakeSignal {
 impl Stream for WakeSignal {
     type Item = ();
 
+    /// Registers the caller's waker on every poll, `Ready` included: apalis'
+    /// `PollWith` ignores what its strategy returns and polls it again only
+    /// when its task is woken, so a wake-up taken without registering left
+    /// the next raise waking nobody, and an idle job loop asleep until its
+    /// heartbeat (a minute, in the wake-up test; for ever, when the heartbeat
+    /// timer had fired during a fetch).
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
         let flag = &self.0;
-        if flag.raised.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(Some(()));
-        }
-        // Register before looking again, so a raise in between is not lost.
+        // Register before looking, so a raise in between is not lost.
         flag.waker.register(cx.waker());
         if flag.raised.swap(false, Ordering::AcqRel) {
             Poll::Ready(Some(()))
@@ -195,6 +198,34 @@ mod tests {
         signal.raise();
         assert_eq!(signal.next().now_or_never(), Some(Some(())));
         assert!(signal.next().now_or_never().is_none());
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_raise_after_a_ready_poll_still_wakes_the_poller() {
+        let counter = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut signal = WakeSignal::default();
+        // A raise already pending: the first poll is Ready at once.
+        signal.raise();
+        assert_eq!(Pin::new(&mut signal).poll_next(&mut cx), Poll::Ready(Some(())));
+        // The poller is not polled again until woken: the next raise must wake it.
+        signal.raise();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(Pin::new(&mut signal).poll_next(&mut cx), Poll::Ready(Some(())));
+        assert_eq!(Pin::new(&mut signal).poll_next(&mut cx), Poll::Pending);
+        signal.raise();
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]
