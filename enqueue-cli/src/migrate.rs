@@ -202,7 +202,10 @@ async fn follow(pool: &PgPool, run_id: i64, show: bool) -> Result<RunSummary, Pr
     loop {
         let summary = run_summary(pool, run_id).await?;
         let finished = summary.state == "finished";
-        if show && (terminal || finished || last_line.elapsed() >= Duration::from_secs(5)) {
+        // A run with no schema behind has nothing to draw: its summary
+        // line says so.
+        let drawable = summary.total > 0;
+        if show && drawable && (terminal || finished || last_line.elapsed() >= Duration::from_secs(5)) {
             let line = progress_line(&summary, summary.done - first_done, started.elapsed());
             let mut err = std::io::stderr().lock();
             if terminal {

@@ -169,6 +169,17 @@ async fn migrate_all_over_hundreds_of_schemas_with_two_workers_migrates_each_exa
         (again["total"].as_i64(), again["already_current"].as_i64()),
         (Some(0), Some(300))
     );
+    // As an operator sees it: the counts, and no empty progress bar.
+    let plain = env.provision(&["migrate", "--all", "--wait"]);
+    plain.expect_code(0);
+    assert!(
+        plain.stdout.contains("migrated 0, already current 300, failed 0"),
+        "{plain:?}"
+    );
+    assert!(
+        !plain.stderr.contains("0/0"),
+        "an empty run drew a bar: {plain:?}"
+    );
     let check = env.provision(&["check", "--json"]).json();
     let behind = check["checks"]
         .as_array()
