@@ -249,7 +249,10 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let mut report = Report::default();
+    let mut report = Report {
+        smoke: matches!(&cli.command, Command::All(args) if args.quick),
+        ..Report::default()
+    };
     let mut outcome = Ok(());
     // Every part's database is dropped at the very end: dropping one
     // removes thousands of files, and on a file system without a journal

@@ -205,6 +205,9 @@ pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
     /// Remarks printed under the table (what the figures mean, oddities seen).
     pub(crate) notes: Vec<String>,
+    /// A smoke run (`all --quick`): its sizes are far below the ones the
+    /// goals are set for, so no row is judged against its goal.
+    pub(crate) smoke: bool,
 }
 
 impl Report {
@@ -231,9 +234,12 @@ impl Report {
         self.notes.push(note.into());
     }
 
-    /// Rows whose goal was missed.
+    /// Rows whose goal was missed (none in a smoke run, which judges nothing).
     pub(crate) fn missed(&self) -> Vec<&Row> {
-        self.rows.iter().filter(|r| r.met() == Some(false)).collect()
+        self.rows
+            .iter()
+            .filter(|r| !self.smoke && r.met() == Some(false))
+            .collect()
     }
 
     /// The table, as Markdown (readable in a terminal, pasteable in a README).
@@ -260,6 +266,7 @@ impl Report {
                 row.ratio_text(),
                 row.goal_text(),
                 match row.met() {
+                    _ if self.smoke => "not judged".into(),
                     Some(true) => "met".into(),
                     Some(false) => "MISSED".into(),
                     None => "—".into(),
@@ -368,5 +375,28 @@ mod tests {
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{table}");
         assert!(table.contains("78%"), "{table}");
         assert!(table.contains("met"), "{table}");
+    }
+
+    #[test]
+    fn a_smoke_run_judges_no_goal() {
+        let mut report = Report {
+            smoke: true,
+            ..Report::default()
+        };
+        report.row(
+            "throughput",
+            Unit::PerSec,
+            Samples::new(vec![10.0]),
+            Some(Samples::new(vec![40.0])),
+            Goal::RatioAtLeast(0.7),
+        );
+        assert!(report.missed().is_empty());
+        let table = report.table();
+        assert!(
+            table.contains("not judged") && !table.contains("MISSED"),
+            "{table}"
+        );
+        report.smoke = false;
+        assert_eq!(report.missed().len(), 1);
     }
 }
