@@ -530,17 +530,51 @@ impl TestEnv {
         text
     }
 
-    /// Waits until a session of this test's database waits on `wait_event`
-    /// (`PgSleep`: a statement is in `pg_sleep`), or panics after
-    /// `timeout`. A job is then in the middle of its work, whatever state
-    /// its tenant shows: a tenant's steps commit together, so its state
-    /// moves only at their end.
-    pub async fn wait_for_wait_event(&self, wait_event: &str, timeout: Duration) {
+    /// Adds a tenant migration 0002 that waits at this test's [`Gate`]
+    /// before it adds a column: a step is then in flight for as long as
+    /// the test keeps the gate closed, however slow the machine.
+    pub fn use_gated_migration(&mut self) {
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock_shared({GATE_KEYS});\n\
+             ALTER TABLE buildings_building ADD COLUMN notes text;"
+        );
+        self.use_tenant_migrations(&[("0002_gated.sql", &sql)]);
+    }
+
+    /// Closes this test's gate: gated migrations wait until it opens.
+    pub async fn close_gate(&self) -> Gate {
+        let mut conn = sqlx::PgConnection::connect(&self.database_url)
+            .await
+            .expect("connect to test database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_advisory_lock({GATE_KEYS})"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("close the gate");
+        Gate(Some(conn))
+    }
+
+    /// Waits until `sessions` sessions wait at the closed gate (steps in
+    /// flight, held there), or panics after `timeout`.
+    pub async fn wait_at_gate(&self, sessions: i64, timeout: Duration) {
         let start = Instant::now();
-        while !self.waits_on(wait_event).await {
+        loop {
+            let waiting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE d.datname = $1 AND l.locktype = 'advisory' AND NOT l.granted
+                   AND (l.classid, l.objid, l.objsubid) = ({GATE_KEYS}, 2)"
+            )))
+            .bind(&self.db_name)
+            .fetch_one(&self.pool)
+            .await
+            .expect("pg_locks");
+            if waiting >= sessions {
+                return;
+            }
             if start.elapsed() >= timeout {
                 panic!(
-                    "no session waited on {wait_event} within {timeout:?}\n{}",
+                    "{waiting} of {sessions} session(s) waited at the gate within {timeout:?}\n{}",
                     self.diagnosis().await
                 );
             }
@@ -633,6 +667,26 @@ pub fn guide_tenant_args(schema: &str) -> Vec<String> {
 /// `args` as `&str`s.
 pub fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
+}
+
+/// The two keys of the gate's advisory lock (the two-key form, which no
+/// lock of the worker uses).
+const GATE_KEYS: &str = "7411, 2";
+
+/// A lock the test holds on a connection of its own; gated migrations
+/// (`TestEnv::use_gated_migration`) wait for it in their step's
+/// transaction. Dropping it opens it too.
+pub struct Gate(Option<sqlx::PgConnection>);
+
+impl Gate {
+    /// Lets the waiting migrations (and every later one) through.
+    pub async fn open(mut self) {
+        if let Some(conn) = self.0.take() {
+            // Closing the session releases its lock; a session that died
+            // with its server held nothing any more.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+        }
+    }
 }
 
 /// Records `schema` through `provision create-tenant` (no demo data).

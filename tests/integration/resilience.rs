@@ -144,12 +144,20 @@ async fn a_job_delivered_to_two_workers_at_once_has_the_effect_of_one() {
 #[tokio::test]
 async fn sigterm_lets_the_running_step_finish_and_exits_0() {
     let mut env = TestEnv::new("graceful").await;
-    slow_migrations(&mut env, 3.0);
+    env.use_gated_migration();
+    let gate = env.close_gate().await;
     let mut worker = env.start_worker(&[]).await;
     request_tenant(&env, "graceful");
-    env.wait_for_wait_event(SLOW, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.wait_at_gate(1, WAIT).await;
     worker.signal("TERM");
+    // Stopping, the worker waits for its running step.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        worker.child_alive(),
+        "the worker exited with a step running:\n{}",
+        worker.log_text()
+    );
+    gate.open().await;
     assert_eq!(
         worker.wait_exit(Duration::from_secs(30)).await,
         Some(0),
@@ -168,11 +176,11 @@ async fn sigterm_lets_the_running_step_finish_and_exits_0() {
 #[tokio::test]
 async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
     let mut env = TestEnv::new("grace").await;
-    slow_migrations(&mut env, 6.0);
+    env.use_gated_migration();
+    let gate = env.close_gate().await;
     let mut first = env.start_worker(&[("PROVISION_SHUTDOWN_GRACE", "1s")]).await;
     request_tenant(&env, "abandoned");
-    env.wait_for_wait_event(SLOW, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.wait_at_gate(1, WAIT).await;
     let stop_started = Instant::now();
     first.signal("TERM");
     assert_eq!(first.wait_exit(Duration::from_secs(20)).await, Some(0));
@@ -191,6 +199,7 @@ async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
     assert_eq!(state_of(&env, "abandoned").await.as_deref(), Some("requested"));
     assert_eq!(env.tenant_counts("abandoned").await, (0, 0, 0, 0));
     // Another worker takes the returned job over (no reconciler: 120 s).
+    gate.open().await;
     let second = env.start_worker(&[]).await;
     let taken_over = Instant::now();
     while state_of(&env, "abandoned").await.as_deref() != Some("ready") {
@@ -211,7 +220,8 @@ async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
 async fn redis_emptied_while_tenants_are_in_flight_still_gets_every_tenant_ready() {
     let mut redis = PrivateRedis::start();
     let mut env = TestEnv::new_on_servers("redisloss", &crate::helpers::admin_url(), &redis.url()).await;
-    slow_migrations(&mut env, 1.0);
+    env.use_gated_migration();
+    let gate = env.close_gate().await;
     let worker = env
         .start_worker(&[("PROVISION_RECONCILE_AFTER", "3"), ("PROVISION_CONCURRENCY", "2")])
         .await;
@@ -219,9 +229,11 @@ async fn redis_emptied_while_tenants_are_in_flight_still_gets_every_tenant_ready
     for name in &names {
         request_tenant(&env, name);
     }
-    env.wait_for_wait_event(SLOW, WAIT).await;
+    // Two tenants in flight, four queued.
+    env.wait_at_gate(2, WAIT).await;
     // Redis restarts with nothing: queued jobs, registrations, all gone.
     redis.restart_empty();
+    gate.open().await;
     wait_all_ready(&env, &names, WAIT).await;
     assert_made_once(&env, &names).await;
     let log = worker.log_text();
@@ -236,14 +248,18 @@ async fn postgres_restarted_mid_run_all_tenants_reach_ready() {
     let pg = PrivatePostgres::start("pgrestart");
     let mut env =
         TestEnv::new_on_servers("pgrestart", &pg.url("postgres"), &crate::helpers::redis_url()).await;
-    slow_migrations(&mut env, 1.0);
+    env.use_gated_migration();
+    let gate = env.close_gate().await;
     let worker = env.start_worker(&[("PROVISION_CONCURRENCY", "2")]).await;
     let names: Vec<String> = (0..6).map(|i| format!("pgr_{i}")).collect();
     for name in &names {
         request_tenant(&env, name);
     }
-    env.wait_for_wait_event(SLOW, WAIT).await;
+    // Two tenants in flight, four queued.
+    env.wait_at_gate(2, WAIT).await;
+    // The restart ends the gate's session too: the steps tried again pass.
     pg.restart();
+    gate.open().await;
     wait_all_ready(&env, &names, WAIT).await;
     assert_made_once(&env, &names).await;
     let mut worker = worker;
