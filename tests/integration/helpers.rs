@@ -100,6 +100,12 @@ impl Worker {
         }
     }
 
+    /// The worker's name (the actor of the transitions it records), from
+    /// its start-up line.
+    pub fn name(&self) -> String {
+        self.logged_field("worker starting", "worker")
+    }
+
     /// Whether the process is still running.
     pub fn child_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -107,16 +113,19 @@ impl Worker {
 
     /// The address its /metrics and /healthz are served on.
     pub fn metrics_addr(&self) -> String {
+        self.logged_field("serving /metrics", "addr")
+    }
+
+    /// The value of `field` in the first log line containing `marker`.
+    fn logged_field(&self, marker: &str, field: &str) -> String {
         let log = self.log_text();
         let line = log
             .lines()
-            .find(|l| l.contains("serving /metrics"))
-            .expect("the worker serves metrics");
-        let at = line.find("addr=").expect("addr field") + 5;
-        line[at..]
-            .split_whitespace()
-            .next()
-            .unwrap()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("the worker never logged {marker:?}:\n{log}"));
+        line.split_once(&format!(" {field}="))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {field}= in {line:?}"))
             .trim_matches('"')
             .to_owned()
     }
@@ -558,8 +567,26 @@ impl TestEnv {
     /// Waits until `sessions` sessions wait at the closed gate (steps in
     /// flight, held there), or panics after `timeout`.
     pub async fn wait_at_gate(&self, sessions: i64, timeout: Duration) {
+        self.wait_for_gate_count(
+            |waiting| waiting >= sessions,
+            &format!("{sessions} or more"),
+            timeout,
+        )
+        .await;
+    }
+
+    /// Waits until no session waits at the gate any more (the server has
+    /// ended those of a worker that went away), or panics after `timeout`.
+    pub async fn wait_gate_clear(&self, timeout: Duration) {
+        self.wait_for_gate_count(|waiting| waiting == 0, "none", timeout)
+            .await;
+    }
+
+    async fn wait_for_gate_count(&self, done: impl Fn(i64) -> bool, wanted: &str, timeout: Duration) {
         let start = Instant::now();
         loop {
+            // The two-key advisory lock form: classid and objid are the
+            // keys, objsubid is 2.
             let waiting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
                  WHERE d.datname = $1 AND l.locktype = 'advisory' AND NOT l.granted
@@ -569,12 +596,12 @@ impl TestEnv {
             .fetch_one(&self.pool)
             .await
             .expect("pg_locks");
-            if waiting >= sessions {
+            if done(waiting) {
                 return;
             }
             if start.elapsed() >= timeout {
                 panic!(
-                    "{waiting} of {sessions} session(s) waited at the gate within {timeout:?}\n{}",
+                    "{waiting} session(s) at the gate after {timeout:?}, wanted {wanted}\n{}",
                     self.diagnosis().await
                 );
             }

@@ -194,8 +194,10 @@ async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
         "{}",
         first.log_text()
     );
-    // The abandoned steps shared one transaction, which rolled back:
-    // nothing of them was kept.
+    // The abandoned steps' session, still held at the gate, ends as soon as
+    // the server sees its worker gone (client_connection_check_interval):
+    // their one transaction rolled back, nothing of them kept.
+    env.wait_gate_clear(Duration::from_secs(10)).await;
     assert_eq!(state_of(&env, "abandoned").await.as_deref(), Some("requested"));
     assert_eq!(env.tenant_counts("abandoned").await, (0, 0, 0, 0));
     // Another worker takes the returned job over (no reconciler: 120 s).
@@ -214,6 +216,14 @@ async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
     }
     println!("taken over and finished in {:?}", taken_over.elapsed());
     assert_made_once(&env, &["abandoned".to_owned()]).await;
+    // Every step was recorded by the second worker.
+    let actors: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT actor FROM provision_event WHERE schema_name = 'abandoned' AND from_state IS NOT NULL",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(actors, [second.name()], "first worker: {}", first.name());
 }
 
 #[tokio::test]
