@@ -79,8 +79,9 @@ impl Stream for WakeSignal {
     type Item = ();
 
     /// Registers the caller's waker on every poll, `Ready` included: apalis'
-    /// `PollWith` ignores what its strategy returns and polls it again only
-    /// when its task is woken, so a wake-up taken without registering left
+    /// `PollWith` ignores what its strategy returns and polls it only on its
+    /// way to a fetch, which an idle loop makes only when its task is woken;
+    /// so a wake-up taken without registering left
     /// the next raise waking nobody, and an idle job loop asleep until its
     /// heartbeat (a minute, in the wake-up test; for ever, when the heartbeat
     /// timer had fired during a fetch).
