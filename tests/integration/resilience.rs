@@ -204,16 +204,8 @@ async fn past_its_grace_period_a_stopping_worker_abandons_the_job_to_another() {
     gate.open().await;
     let second = env.start_worker(&[]).await;
     let taken_over = Instant::now();
-    while state_of(&env, "abandoned").await.as_deref() != Some("ready") {
-        assert!(
-            taken_over.elapsed() < WAIT,
-            "not taken over.\nfirst:\n{}\nsecond:\n{}\nredis: {:?}",
-            first.log_text(),
-            second.log_text(),
-            env.redis_dump().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // On a timeout this shows both workers' logs and the Redis keys.
+    env.wait_for_state("abandoned", "ready", WAIT).await;
     println!("taken over and finished in {:?}", taken_over.elapsed());
     assert_made_once(&env, &["abandoned".to_owned()]).await;
     // Every step was recorded by the second worker.
