@@ -8,10 +8,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use provision_queue::RedisQueue;
 use provision_shared::db;
 use provision_shared::ident::{quote_ident, trusted_sql};
 use provision_shared::migrate::apply_public_migrations;
-use provision_worker::queue::RedisQueue;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 

@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use provision_queue::RedisQueue;
+use provision_queue::layout::heartbeat;
 use provision_shared::db;
 use provision_shared::jobs::JobKind;
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::password::{ARGON2_MEMORY_KIB, django_argon2_hash};
-use provision_worker::queue::{RedisQueue, heartbeat};
 use tokio::io::AsyncWriteExt;
 
 use crate::env::{BenchEnv, peak_rss_kib};

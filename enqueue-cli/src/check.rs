@@ -3,11 +3,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use provision_queue::RedisQueue;
+use provision_queue::options::ConnectionOptions;
 use provision_shared::jobs::JobKind;
 use provision_shared::migrate::public_pending;
 use provision_shared::{db, validate};
-use provision_worker::options::ConnectionOptions;
-use provision_worker::queue::RedisQueue;
 use serde::Serialize;
 use sqlx::PgPool;
 

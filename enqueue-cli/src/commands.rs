@@ -5,6 +5,8 @@ use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use provision_queue::RedisQueue;
+use provision_queue::options::ConnectionOptions;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
 use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
 use provision_shared::migrate_all::retry_failed_migration;
@@ -14,8 +16,6 @@ use provision_shared::provision::{
 };
 use provision_shared::status::{list_tenants, tenant_history, tenant_status};
 use provision_shared::{ProvisionError, TenantState, db, password, validate};
-use provision_worker::options::ConnectionOptions;
-use provision_worker::queue::RedisQueue;
 use serde_json::json;
 use sqlx::PgPool;
 

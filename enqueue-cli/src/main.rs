@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use provision_worker::options::{ConnectionOptions, init_logging};
+use provision_queue::options::{ConnectionOptions, init_logging};
 
 use crate::exit_codes::{CliError, INVALID};
 

@@ -30,12 +30,6 @@ impl JobKind {
             Self::MigrateSchema => "migrate_schema",
         }
     }
-
-    /// The queue of this kind under `namespace`: every Redis key of the queue
-    /// starts with it.
-    pub fn queue(self, namespace: &str) -> String {
-        format!("{namespace}:{}", self.name())
-    }
 }
 
 /// At most this many `CreateTenant` jobs wait in Redis: the queue library
@@ -153,13 +147,5 @@ mod tests {
         assert_eq!(value, serde_json::json!({"v": 1, "schema_name": "theo"}));
         let parsed: CreateTenant = serde_json::from_value(value).unwrap();
         assert_eq!(parsed.schema_name, "theo");
-    }
-
-    #[test]
-    fn queues_are_under_the_namespace() {
-        assert_eq!(
-            JobKind::CreateTenant.queue("concierge"),
-            "concierge:create_tenant"
-        );
     }
 }

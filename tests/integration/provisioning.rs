@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use provision_queue::RedisQueue;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::password::{django_argon2_hash, verify_django_argon2};
@@ -10,7 +11,6 @@ use provision_shared::provision::{
     JobEnv, JobOutcome, Recorded, TenantRequest, record_request, run_create_tenant, run_create_tenant_steps,
 };
 use provision_shared::state::TenantState;
-use provision_worker::queue::RedisQueue;
 
 use crate::helpers::{TestEnv, guide_tenant_args, redis_url, strs};
 

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use apalis_core::backend::TaskSink;
+use provision_queue::RedisQueue;
 use provision_shared::jobs::JobKind;
-use provision_worker::queue::{RedisQueue, storage};
 
 use crate::helpers::{TestEnv, guide_tenant_args, request_tenant, strs};
 use crate::servers::{PrivatePostgres, PrivateRedis};
@@ -59,14 +59,14 @@ async fn poison_jobs_are_set_aside_and_never_stop_the_worker() {
     let worker = env.start_worker(&[]).await;
     let queue = RedisQueue::connect(&env.redis_url, &env.namespace).await.unwrap();
     // A payload of another shape, pushed through the library (an older version, say).
-    let mut create = storage(queue.connection(), &env.namespace, JobKind::CreateTenant);
+    let mut create = queue.storage(JobKind::CreateTenant);
     create
         .push(serde_json::json!({"schema": "theo", "version": 0}))
         .await
         .unwrap();
     // A job pushed by hand, which the library itself cannot read.
     let mut conn = queue.connection();
-    let config = provision_worker::queue::queue_config(&env.namespace, JobKind::CreateTenant);
+    let config = provision_queue::layout::queue_config(&env.namespace, JobKind::CreateTenant);
     let _: () = redis::pipe()
         .cmd("HSET")
         .arg(config.job_data_hash())
@@ -117,7 +117,7 @@ async fn a_job_delivered_to_two_workers_at_once_has_the_effect_of_one() {
     let env = TestEnv::new("dupdeliver").await;
     let names: Vec<String> = (0..5).map(|i| format!("dup_{i}")).collect();
     let queue = RedisQueue::connect(&env.redis_url, &env.namespace).await.unwrap();
-    let config = provision_worker::queue::queue_config(&env.namespace, JobKind::CreateTenant);
+    let config = provision_queue::layout::queue_config(&env.namespace, JobKind::CreateTenant);
     let mut conn = queue.connection();
     for name in &names {
         request_tenant(&env, name);

@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::metrics::{JobResult, Metrics};
-use crate::queue::RedisQueue;
+use provision_queue::RedisQueue;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -151,7 +151,7 @@ async fn parse<T: DeserializeOwned + Payload>(
     match parsed {
         Ok(job) => Ok(Some(job)),
         Err(e) => {
-            let queue = kind.queue(state.queue.namespace());
+            let queue = provision_queue::layout::queue_name(state.queue.namespace(), kind);
             tracing::error!(job = kind.name(), job_id = %id, error = %e, "rejected a job whose payload does not parse");
             record_rejected_job(
                 &state.pool,

@@ -1,11 +1,10 @@
-//! The worker pool's wiring of `shared` into apalis over Redis. The
-//! `provision` client uses [`queue::RedisQueue`] to push jobs the same way.
+//! The worker pool: `shared`'s job handlers wired into apalis over Redis,
+//! with the queue's wire protocol from `provision-queue`.
 
 pub mod handlers;
+pub mod janitor;
 pub mod maintenance;
 pub mod metrics;
-pub mod options;
-pub mod queue;
 pub mod run;
 pub mod schedule;
 pub mod wake;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use provision_worker::metrics::Metrics;
-use provision_worker::options::{ConnectionOptions, init_logging};
+use provision_queue::options::{ConnectionOptions, init_logging};
+use provision_worker::metrics::{Metrics, StepTimings};
 use provision_worker::run::{WorkerSettings, run_worker, shutdown_signal};
 use provision_worker::schedule::parse_schedule;
 
@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
     init_logging(
         cli.connection.log_format,
         "info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_redis=warn",
-        Some(metrics.clone()),
+        Some(Box::new(StepTimings(metrics.clone()))),
     );
     let metrics_addr = if cli.metrics_addr.eq_ignore_ascii_case("off") {
         None

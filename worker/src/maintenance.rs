@@ -45,7 +45,7 @@ pub async fn run(state: Arc<WorkerState>, stale_after: Duration, mut stop: watch
         }
         if ticks % 50 == 2 {
             for kind in JobKind::ALL {
-                match state.queue.clean_finished(kind, 2000).await {
+                match crate::janitor::clean_finished(&state.queue, kind, 2000).await {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::debug!(queue = kind.name(), jobs = n, "removed finished jobs from Redis")

@@ -22,9 +22,9 @@ use apalis_cron::CronScheduler;
 
 use crate::handlers::{self, JobPools, WorkerState};
 use crate::metrics::{self, Metrics};
-use crate::queue::{RedisQueue, woken_storage};
-use crate::wake::{self, Wakers};
+use crate::wake::{self, Wakers, woken_storage};
 use crate::{maintenance, schedule};
+use provision_queue::RedisQueue;
 
 /// A job loop dying more than this many times within [`LOOP_DEATH_WINDOW`]
 /// stops the process (exit 1), for its supervisor to restart. With the
@@ -82,14 +82,12 @@ impl JobLoops {
             let _ = stop.wait_for(|s| *s).await;
             Ok::<(), std::io::Error>(())
         };
-        let conn = self.state.queue.connection();
-        let ns = self.state.queue.namespace().to_owned();
+        let queue = &self.state.queue;
         let state = self.state.clone();
         let ended = match job_loop {
             Loop::Queue(JobKind::CreateTenant) => WorkerBuilder::new(name)
                 .backend(woken_storage(
-                    conn,
-                    &ns,
+                    queue,
                     JobKind::CreateTenant,
                     self.heartbeat,
                     &self.wakers,
@@ -101,8 +99,7 @@ impl JobLoops {
                 .boxed(),
             Loop::Queue(JobKind::SeedDemoData) => WorkerBuilder::new(name)
                 .backend(woken_storage(
-                    conn,
-                    &ns,
+                    queue,
                     JobKind::SeedDemoData,
                     self.heartbeat,
                     &self.wakers,
@@ -114,8 +111,7 @@ impl JobLoops {
                 .boxed(),
             Loop::Queue(JobKind::MigrateSchema) => WorkerBuilder::new(name)
                 .backend(woken_storage(
-                    conn,
-                    &ns,
+                    queue,
                     JobKind::MigrateSchema,
                     self.heartbeat,
                     &self.wakers,
@@ -152,7 +148,7 @@ pub struct WorkerSettings {
     /// Jobs run at once, per queue.
     pub concurrency: usize,
     /// The job loops' heartbeat, when not each queue's own (see
-    /// [`crate::queue::heartbeat`]).
+    /// [`provision_queue::layout::heartbeat`]).
     pub heartbeat: Option<Duration>,
     /// Executions of a step before its tenant is failed.
     pub max_attempts: i32,
@@ -270,7 +266,7 @@ pub async fn run_worker(
         let (signal, mut stop) = (wakers.signal(kind), stop_rx.clone());
         let every = settings
             .heartbeat
-            .unwrap_or_else(|| crate::queue::heartbeat(kind));
+            .unwrap_or_else(|| provision_queue::layout::heartbeat(kind));
         nudgers.spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -337,7 +333,7 @@ pub async fn run_worker(
                 // this process's connections give up as they close).
                 for (kind, generation) in &generations {
                     let loop_name = loop_name(&name, Loop::Queue(*kind), *generation);
-                    match queue.quarantine_inflight(*kind, &loop_name, &state.pool, &name).await {
+                    match crate::janitor::quarantine_inflight(&queue, *kind, &loop_name, &state.pool, &name).await {
                         Ok((0, 0)) => {}
                         Ok((returned, rejected)) => tracing::info!(returned, rejected, queue = kind.name(), "abandoned jobs returned to the queue"),
                         Err(e) => tracing::warn!(error = %e, queue = kind.name(), "could not return the abandoned jobs; another worker takes them over when this one is seen dead"),
@@ -392,7 +388,7 @@ pub async fn run_worker(
                 tracing::warn!(job_loop = %job_loop, error = %why, restart_in_ms = backoff.as_millis() as u64, "job loop died; restarting it");
                 if let Loop::Queue(kind) = job_loop {
                     let dead_name = loop_name(&name, job_loop, generation);
-                    match queue.quarantine_inflight(kind, &dead_name, &state.pool, &name).await {
+                    match crate::janitor::quarantine_inflight(&queue, kind, &dead_name, &state.pool, &name).await {
                         Ok((returned, rejected)) => tracing::info!(returned, rejected, "jobs of the dead loop returned to the queue or set aside"),
                         Err(e) => tracing::warn!(error = %e, "could not look at the dead loop's jobs"),
                     }

@@ -3,7 +3,7 @@
 //!
 //! apalis-redis puts every push in the queue's scheduled set and an idle
 //! worker looks there only when its heartbeat fires; its own pub/sub wake-up
-//! is never sent for such pushes. So [`crate::queue::RedisQueue`] publishes
+//! is never sent for such pushes. So [`provision_queue::RedisQueue`] publishes
 //! on the queue's wake channel after each push that is due at once, and every
 //! worker process listens on its namespace's channels: a message wakes that
 //! queue's job loop, which then fetches. Pub/sub is fire-and-forget; a wake
@@ -17,14 +17,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use apalis_core::backend::ext::poll_strategy::{PollWith, StreamStrategy};
+use apalis_redis::RedisStorage;
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
+use provision_queue::RedisQueue;
+use provision_queue::layout::{heartbeat, queue_config_beating, wake_channel};
 use provision_shared::jobs::JobKind;
+use serde_json::Value;
 use tokio::sync::watch;
 
-/// The channel a push of `kind` under `namespace` is announced on.
-pub fn channel(namespace: &str, kind: JobKind) -> String {
-    format!("{}:wake", kind.queue(namespace))
+/// The storage a job loop of `kind` fetches from: polled at its heartbeat
+/// (`beat`, or the kind's own), and whenever `wakers` says a job of `kind`
+/// was pushed.
+pub fn woken_storage(
+    queue: &RedisQueue,
+    kind: JobKind,
+    beat: Option<Duration>,
+    wakers: &Wakers,
+) -> PollWith<RedisStorage<Value>, StreamStrategy<WakeSignal>> {
+    let config = queue_config_beating(queue.namespace(), kind, beat.unwrap_or_else(|| heartbeat(kind)));
+    PollWith::new(
+        RedisStorage::new(queue.connection()).with_config(config),
+        StreamStrategy::new(wakers.signal(kind)),
+    )
 }
 
 #[derive(Debug, Default)]
@@ -131,7 +147,7 @@ impl Wakers {
 pub async fn listen(redis_url: String, namespace: String, wakers: Wakers, mut stop: watch::Receiver<bool>) {
     let channels: HashMap<String, JobKind> = JobKind::ALL
         .into_iter()
-        .map(|kind| (channel(&namespace, kind), kind))
+        .map(|kind| (wake_channel(&namespace, kind), kind))
         .collect();
     let mut failures = 0u32;
     while !*stop.borrow() {
@@ -227,10 +243,5 @@ mod tests {
         assert_eq!(Pin::new(&mut signal).poll_next(&mut cx), Poll::Pending);
         signal.raise();
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn channels_are_per_queue_under_the_namespace() {
-        assert_eq!(channel("ns", JobKind::CreateTenant), "ns:create_tenant:wake");
     }
 }

@@ -1,14 +1,11 @@
 //! Command-line options both binaries take, each with its environment
-//! variable (a flag wins over its variable).
+//! variable (a flag wins over its variable), and their logging.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use provision_shared::db;
 use provision_shared::migrate::TenantMigrations;
-
-use crate::metrics::{Metrics, StepTimings};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,10 +56,13 @@ impl ConnectionOptions {
     }
 }
 
+/// A layer that sees every event whatever the log filter (the worker's
+/// step timings).
+pub type UnfilteredLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
 /// Sends `tracing` output to stderr in `format`; `RUST_LOG` filters it
-/// (`default_filter` otherwise). With `metrics`, step durations are also
-/// taken from the transition events, whatever the filter.
-pub fn init_logging(format: LogFormat, default_filter: &str, metrics: Option<Arc<Metrics>>) {
+/// (`default_filter` otherwise). `unfiltered` sees every event.
+pub fn init_logging(format: LogFormat, default_filter: &str, unfiltered: Option<UnfilteredLayer>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
@@ -81,7 +81,7 @@ pub fn init_logging(format: LogFormat, default_filter: &str, metrics: Option<Arc
             .boxed(),
     };
     tracing_subscriber::registry()
+        .with(unfiltered)
         .with(output.with_filter(filter))
-        .with(metrics.map(StepTimings))
         .init();
 }
