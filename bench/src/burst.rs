@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
 use provision_shared::password::django_argon2_hash;
-use provision_shared::provision::note_job_id;
+use provision_shared::request::note_job_id;
 
 use crate::env::{BenchEnv, Servers};
 use crate::fixtures;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use provision_queue::RedisQueue;
 use provision_shared::db;
-use provision_shared::ident::{quote_ident, trusted_sql};
 use provision_shared::migrate::apply_public_migrations;
+use provision_shared::sql::{Ident, Script};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
 
@@ -56,9 +56,13 @@ impl BenchEnv {
         let mut admin = PgConnection::connect(&servers.admin_url)
             .await
             .with_context(|| format!("PostgreSQL at {}", db::redact_url(&servers.admin_url)))?;
-        sqlx::raw_sql(trusted_sql(format!("CREATE DATABASE {}", quote_ident(&name))))
-            .execute(&mut admin)
+        let mut create = Script::new();
+        create.sql("CREATE DATABASE ").ident(&Ident::database(&name)?);
+        create
+            .finish()?
+            .run(&mut admin)
             .await
+            .map_err(|f| f.error)
             .context("creating the bench database")?;
         admin.close().await.ok();
         let database_url = database_url_for(&servers.admin_url, &name);
@@ -241,14 +245,13 @@ impl BenchEnv {
 async fn drop_database(admin_url: &str, name: &str) {
     let dropped = async {
         let mut admin = PgConnection::connect(admin_url).await?;
-        sqlx::raw_sql(trusted_sql(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(name)
-        )))
-        .execute(&mut admin)
-        .await?;
+        let mut drop = Script::new();
+        drop.sql("DROP DATABASE IF EXISTS ")
+            .ident(&Ident::database(name)?)
+            .sql(" WITH (FORCE)");
+        drop.finish()?.run(&mut admin).await.map_err(|f| f.error)?;
         admin.close().await?;
-        Ok::<_, sqlx::Error>(())
+        Ok::<_, anyhow::Error>(())
     };
     if let Err(e) = dropped.await {
         eprintln!("warning: could not drop database {name}: {e}");

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use provision_shared::ProvisionError;
+use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::TenantMigrations;
-use provision_shared::provision::{
-    JobEnv, JobOutcome, Recorded, TenantRequest, note_job_id, record_request, run_create_tenant,
-};
+use provision_shared::request::{Recorded, TenantRequest, note_job_id, record_request};
+use provision_shared::retry::RetryPolicy;
 use provision_shared::state::TenantState;
 use sqlx::PgPool;
 
@@ -107,7 +107,7 @@ pub(crate) async fn make_ready(
                 sink: &NoSink,
                 migrations: &migrations,
                 actor: ACTOR,
-                max_attempts: 8,
+                policy: RetryPolicy { max_attempts: 8 },
             };
             let outcome = run_create_tenant(&env, &schema).await?;
             ensure!(

@@ -11,15 +11,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use provision_shared::ident::{quote_ident, trusted_sql};
-use provision_shared::migrate::TenantMigrations;
+use provision_shared::migrate::{Migration, TenantMigrations};
+use provision_shared::sql::{BuiltScript, Ident, Script};
 use sqlx::{Connection, PgConnection};
 
 use crate::fixtures;
 use crate::progress::Progress;
 
-/// Turns an item (a schema name) into the one SQL text that does its work.
-pub(crate) type MakeSql = Arc<dyn Fn(&str) -> String + Send + Sync>;
+/// Turns an item (a schema name) into the one script that does its work.
+/// Values go in as literals: the floor has to send them inline, since bind
+/// parameters need the extended protocol, one message per statement, which
+/// is the round-trip cost the floor leaves out.
+pub(crate) type MakeSql = Arc<dyn Fn(&str) -> BuiltScript + Send + Sync>;
 
 /// The migration the migrate-all benchmark applies, number `k`: a nullable
 /// column and an index on it, named by `k` so every measurement has a new
@@ -31,20 +34,19 @@ pub(crate) fn add_column(k: usize) -> String {
     )
 }
 
-/// `sql` in `schema`, as one transaction in one message.
-pub(crate) fn in_schema(schema: &str, sql: &str) -> String {
-    format!(
-        "BEGIN;\nSET LOCAL search_path TO {};\n{sql}\nCOMMIT;",
-        quote_ident(schema)
-    )
+fn schema_ident(schema: &str) -> Ident {
+    Ident::tenant_schema(schema).expect("the bench names its schemas validly")
 }
 
-/// A string as an SQL literal. The floor has to send values inline: bind
-/// parameters need the extended protocol, one message per statement, which
-/// is the round-trip cost the floor leaves out. The values are the bench's
-/// own (schema names, an argon2 hash), never input.
-fn literal(value: &str) -> String {
-    provision_shared::script::literal(value).expect("the bench's values hold no NUL")
+/// `migration` in `schema`, as one transaction in one message.
+pub(crate) fn in_schema(schema: &str, migration: &Migration) -> BuiltScript {
+    let mut script = Script::new();
+    script
+        .sql("BEGIN;\nSET LOCAL search_path TO ")
+        .ident(&schema_ident(schema))
+        .sql(";\n");
+    script.reviewed(&migration.sql).sql("COMMIT;");
+    script.finish().expect("the bench's values hold no NUL")
 }
 
 /// Everything a ready tenant is, as one transaction in one message: its
@@ -52,52 +54,56 @@ fn literal(value: &str) -> String {
 /// with every tenant migration and their bookkeeping rows, and the admin
 /// user. What the worker's five steps leave behind, minus the provisioning
 /// state and history.
-pub(crate) fn tenant(schema: &str, hash: &str, migrations: &TenantMigrations) -> String {
-    let mut sql = format!(
+pub(crate) fn tenant(schema: &str, hash: &str, migrations: &TenantMigrations) -> BuiltScript {
+    let ident = schema_ident(schema);
+    let mut script = Script::new();
+    script.sql(
         "BEGIN;
 WITH client AS (
     INSERT INTO public.tenants_client
         (schema_name, name, paid_until, on_trial, is_active, trial_days, created_on)
-    VALUES ({schema_lit}, {name}, (now() AT TIME ZONE 'UTC')::date + 30, true, true, 30,
+    VALUES (",
+    );
+    script.text(schema).sql(", ").text(&format!("Bench {schema}"));
+    script.sql(
+        ", (now() AT TIME ZONE 'UTC')::date + 30, true, true, 30,
             (now() AT TIME ZONE 'UTC')::date)
     RETURNING id)
-INSERT INTO public.tenants_domain (domain, tenant_id, is_primary) SELECT {domain}, id, true FROM client;
-CREATE SCHEMA {ident};
-SET LOCAL search_path TO {ident};
-",
-        schema_lit = literal(schema),
-        name = literal(&format!("Bench {schema}")),
-        domain = literal(&fixtures::domain(schema)),
-        ident = quote_ident(schema),
+INSERT INTO public.tenants_domain (domain, tenant_id, is_primary) SELECT ",
     );
+    script
+        .text(&fixtures::domain(schema))
+        .sql(", id, true FROM client;\nCREATE SCHEMA ");
+    script
+        .ident(&ident)
+        .sql(";\nSET LOCAL search_path TO ")
+        .ident(&ident)
+        .sql(";\n");
     for m in migrations.all() {
-        sql.push_str(&m.sql);
-        sql.push_str(";\n");
+        script.reviewed(&m.sql);
     }
-    let rows: Vec<String> = migrations
-        .all()
-        .iter()
-        .map(|m| {
-            format!(
-                "({}, {}, {}, {})",
-                literal(schema),
-                m.version,
-                literal(&m.name),
-                literal(&m.checksum)
-            )
-        })
-        .collect();
-    sql.push_str(&format!(
-        "INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum) VALUES {};
+    script
+        .sql("INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum) VALUES ");
+    script.join(migrations.all(), ", ", |s, m| {
+        s.sql("(")
+            .text(schema)
+            .sql(", ")
+            .int(i64::from(m.version))
+            .sql(", ")
+            .text(&m.name)
+            .sql(", ")
+            .text(&m.checksum)
+            .sql(")");
+    });
+    script.sql(
+        ";
 INSERT INTO users_customuser
     (password, email, role, is_staff, is_superuser, is_active, email_verified, date_joined)
-VALUES ({}, {}, 'admin', true, true, true, true, now());
-COMMIT;",
-        rows.join(", "),
-        literal(hash),
-        literal(&fixtures::admin_email(schema)),
-    ));
-    sql
+VALUES (",
+    );
+    script.text(hash).sql(", ").text(&fixtures::admin_email(schema));
+    script.sql(", 'admin', true, true, true, true, now());\nCOMMIT;");
+    script.finish().expect("the bench's values hold no NUL")
 }
 
 /// A dedicated connection, not a pool's: nothing is checked out, reset or
@@ -108,12 +114,13 @@ pub(crate) async fn session(url: &str) -> anyhow::Result<PgConnection> {
         .context("connecting a lower-bound session")
 }
 
-/// Runs `sql` on `conn` and returns how long it took.
-pub(crate) async fn time_one(conn: &mut PgConnection, sql: String) -> anyhow::Result<Duration> {
+/// Runs `script` on `conn` and returns how long it took.
+pub(crate) async fn time_one(conn: &mut PgConnection, script: BuiltScript) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    sqlx::raw_sql(trusted_sql(sql))
-        .execute(&mut *conn)
+    script
+        .run(conn)
         .await
+        .map_err(|f| f.error)
         .context("lower-bound statement")?;
     Ok(started.elapsed())
 }
@@ -177,9 +184,10 @@ pub(crate) async fn run_on_sessions(
                     conn = session(&url).await?;
                     since_connect = 0;
                 }
-                sqlx::raw_sql(trusted_sql(make_sql(item)))
-                    .execute(&mut conn)
+                make_sql(item)
+                    .run(&mut conn)
                     .await
+                    .map_err(|f| f.error)
                     .with_context(|| format!("lower bound for {item}"))?;
                 since_connect += 1;
                 finished.push(started.elapsed());
@@ -209,14 +217,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn literals_are_quoted() {
-        assert_eq!(literal("it's"), "'it''s'");
-    }
-
-    #[test]
     fn a_tenant_is_one_transaction_with_every_migration() {
         let migrations = TenantMigrations::embedded();
-        let sql = tenant("b_00001", "argon2$argon2id$x", &migrations);
+        let script = tenant("b_00001", "argon2$argon2id$x", &migrations);
+        let sql = script.text();
         assert!(sql.starts_with("BEGIN;") && sql.ends_with("COMMIT;"));
         assert!(sql.contains("CREATE SCHEMA \"b_00001\""));
         assert!(sql.contains("b-00001.bench.newconcierge.app"));

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use provision_shared::migrate::TenantMigrations;
-use provision_shared::migrate_all::{RunStart, RunTrigger, dispatch, run_summary, start_run};
+use provision_shared::migrate::{Migration, TenantMigrations};
+use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, run_summary, start_run};
 use provision_shared::password::django_argon2_hash;
 
 use crate::env::{BenchEnv, Worker};
@@ -99,7 +99,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             noop_floor.push(millis(timed_count_behind(env, version).await?));
 
             column += 1;
-            let ddl = add_column(column);
+            let ddl = Migration::new(0, "lower_bound", add_column(column));
             env.settle().await;
             let floor_run = run_on_sessions(
                 &env.database_url,
@@ -151,7 +151,10 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
 fn write_embedded(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     for m in TenantMigrations::embedded().all() {
-        std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql)?;
+        std::fs::write(
+            dir.join(format!("{:04}_{}.sql", m.version, m.name)),
+            m.sql.as_str(),
+        )?;
     }
     Ok(())
 }
@@ -184,7 +187,7 @@ async fn timed_run(
     let queue = env.queue().await?;
     let started = Instant::now();
     let mut queries = 1;
-    let run_id = match start_run(&env.pool, RunTrigger::Operator, ACTOR, version).await? {
+    let run_id = match start_run(&env.pool, RunTrigger::Operator, RunScope::All, ACTOR, version).await? {
         RunStart::Started(id) => id,
         other => bail!("expected a new run, found {other:?}"),
     };
@@ -251,7 +254,7 @@ async fn timed_run(
 /// that finds nothing behind and finishes the run at once.
 async fn timed_noop(env: &BenchEnv, version: i32, n: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let run_id = match start_run(&env.pool, RunTrigger::Operator, ACTOR, version).await? {
+    let run_id = match start_run(&env.pool, RunTrigger::Operator, RunScope::All, ACTOR, version).await? {
         RunStart::Started(id) => id,
         other => bail!("expected a new run, found {other:?}"),
     };

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use provision_queue::RedisQueue;
 use provision_queue::options::ConnectionOptions;
+use provision_shared::demo_data::request_demo_data;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
 use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
 use provision_shared::migrate_all::retry_failed_migration;
 use provision_shared::operator::{DomainFix, retry_failed};
-use provision_shared::provision::{
-    Recorded, TenantRequest, check_request_is_free, note_job_id, record_request, request_demo_data,
+use provision_shared::request::{
+    Recorded, TenantRequest, check_request_is_free, note_job_id, record_request,
 };
 use provision_shared::status::{list_tenants, tenant_history, tenant_status};
 use provision_shared::{ProvisionError, TenantState, db, password, validate};

@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use provision_shared::ProvisionError;
 use provision_shared::db::redact_url;
+use provision_shared::error::sqlstate_of;
+use provision_shared::names::sqlstate;
 
 /// Done.
 pub(crate) const SUCCESS: u8 = 0;
@@ -65,16 +67,14 @@ impl CliError {
                 "PostgreSQL at {} could not be reached: {e}; is it running? (`provision check` tells more)",
                 redact_url(database_url)
             ),
-            ProvisionError::Database(e)
-                if provision_shared::error::sqlstate(e).as_deref() == Some("42P01") =>
-            {
+            ProvisionError::Database(e) if sqlstate_of(e).as_deref() == Some(sqlstate::UNDEFINED_TABLE) => {
                 format!(
                     "the database at {} has no provisioning tables yet: run `provision init` (or start provision-worker) first",
                     redact_url(database_url)
                 )
             }
             ProvisionError::Database(e)
-                if provision_shared::error::sqlstate(e).as_deref() == Some("3D000") =>
+                if sqlstate_of(e).as_deref() == Some(sqlstate::INVALID_CATALOG_NAME) =>
             {
                 format!(
                     "the database at {} does not exist: run `provision init` (or start provision-worker) first",

@@ -5,9 +5,10 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::apply_public_migrations;
-use provision_shared::migrate_all::{RunStart, RunSummary, RunTrigger, dispatch, run_summary, start_run};
+use provision_shared::migrate_all::{
+    RunScope, RunStart, RunSummary, RunTrigger, dispatch, run_summary, start_run,
+};
 use provision_shared::{ProvisionError, TenantState, db, validate};
 use serde_json::json;
 use sqlx::PgPool;
@@ -47,18 +48,13 @@ async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<Exit
     validate::schema_name(schema).map_err(invalid)?;
     let latest = ctx.migrations()?.latest();
     let pool = ctx.pool().await?;
-    let queue = ctx.queue().await?;
-    let row: Option<(String, i32, i64)> = sqlx::query_as(
-        "SELECT state, schema_version,
-                (SELECT coalesce(max(id), 0) FROM public.provision_event WHERE schema_name = $1)
-         FROM public.provision_tenant WHERE schema_name = $1",
-    )
-    .bind(schema)
-    .fetch_optional(&pool)
-    .await
-    .map_err(|e| ctx.error(e.into()))?;
-    let (state, version, last_event) =
-        row.ok_or_else(|| ctx.error(ProvisionError::UnknownTenant(schema.into())))?;
+    let row: Option<(String, i32)> =
+        sqlx::query_as("SELECT state, schema_version FROM public.provision_tenant WHERE schema_name = $1")
+            .bind(schema)
+            .fetch_optional(&pool)
+            .await
+            .map_err(|e| ctx.error(e.into()))?;
+    let (state, version) = row.ok_or_else(|| ctx.error(ProvisionError::UnknownTenant(schema.into())))?;
     if state != TenantState::Ready.as_str() {
         return Err(CliError::new(
             FAILURE,
@@ -69,59 +65,65 @@ async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<Exit
             ),
         ));
     }
-    let job_id = queue
-        .push(JobRequest::now(JobKind::MigrateSchema, schema))
-        .await
-        .map_err(|e| ctx.error(e))?;
+    let run_id = match start_run(
+        &pool,
+        RunTrigger::Operator,
+        RunScope::Schema(schema),
+        &actor(),
+        latest,
+    )
+    .await
+    .map_err(|e| ctx.error(e))?
+    {
+        RunStart::Started(id) | RunStart::AlreadyRunning(id) | RunStart::TickTaken(id) => id,
+    };
+    hand_out_first_schemas(ctx, &pool).await;
     if !args.json {
-        println!("Enqueued MigrateSchema for {schema} (job {job_id}); at migration {version} of {latest}");
+        println!("Started migration run {run_id} for {schema}; at migration {version} of {latest}");
     }
-    let mut outcome = json!({"schema_name": schema, "job_id": job_id, "applied": version, "latest": latest});
-    if !args.wait {
-        if args.json {
-            print_json(&outcome);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    loop {
-        let (version, error): (i32, Option<String>) = sqlx::query_as(
-            "SELECT t.schema_version,
-                    (SELECT e.error FROM public.provision_event e
-                     WHERE e.schema_name = $1 AND e.id > $2 AND e.step = 'migrate_schema'
-                     ORDER BY e.id DESC LIMIT 1)
-             FROM public.provision_tenant t WHERE t.schema_name = $1",
-        )
-        .bind(schema)
-        .bind(last_event)
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| ctx.error(e.into()))?;
+    let mut outcome = json!({"schema_name": schema, "run_id": run_id, "applied": version, "latest": latest});
+    if args.wait {
+        let summary = follow(&pool, run_id, false).await.map_err(|e| ctx.error(e))?;
+        let version: i32 =
+            sqlx::query_scalar("SELECT schema_version FROM public.provision_tenant WHERE schema_name = $1")
+                .bind(schema)
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| ctx.error(e.into()))?;
         outcome["applied"] = json!(version);
-        if let Some(error) = error {
-            outcome["error"] = json!(error);
+        if let Some(failure) = summary.failures.first() {
+            outcome["error"] = json!(failure.error);
             if args.json {
                 print_json(&outcome);
             } else {
-                eprintln!("error: migrating {schema} failed: {error}");
+                eprintln!("error: migrating {schema} failed: {}", failure.error);
             }
             return Ok(ExitCode::from(FAILURE));
         }
-        if version >= latest {
-            if args.json {
-                print_json(&outcome);
-            } else {
-                println!("{schema} is at migration {version} of {latest}");
-            }
-            return Ok(ExitCode::SUCCESS);
+        if !args.json {
+            println!("{schema} is at migration {version} of {latest}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if args.json {
+        print_json(&outcome);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hands out a new run's first schemas now rather than at a worker's next
+/// dispatch tick; if Redis cannot be reached, that tick will.
+async fn hand_out_first_schemas(ctx: &Ctx, pool: &PgPool) {
+    if let Ok(queue) = ctx.queue().await
+        && let Err(e) = dispatch(pool, &queue).await
+    {
+        tracing::debug!(error = %e, "could not hand out the run's first schemas; a worker will");
     }
 }
 
 async fn migrate_all(ctx: &Ctx, args: &MigrateArgs) -> Result<ExitCode, CliError> {
     let latest = ctx.migrations()?.latest();
     let pool = ctx.pool().await?;
-    let run_id = match start_run(&pool, RunTrigger::Operator, &actor(), latest)
+    let run_id = match start_run(&pool, RunTrigger::Operator, RunScope::All, &actor(), latest)
         .await
         .map_err(|e| ctx.error(e))?
     {
@@ -129,13 +131,7 @@ async fn migrate_all(ctx: &Ctx, args: &MigrateArgs) -> Result<ExitCode, CliError
             if !args.json {
                 println!("Started migrate-all run {id} to migration {latest}");
             }
-            // Hand out the first schemas now rather than at a worker's next
-            // dispatch tick; if Redis cannot be reached, that tick will.
-            if let Ok(queue) = ctx.queue().await
-                && let Err(e) = dispatch(&pool, &queue).await
-            {
-                tracing::debug!(error = %e, "could not hand out the run's first schemas; a worker will");
-            }
+            hand_out_first_schemas(ctx, &pool).await;
             id
         }
         RunStart::AlreadyRunning(id) | RunStart::TickTaken(id) => {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-use crate::error::ProvisionError;
+use crate::error::{ProvisionError, sqlstate_of};
+use crate::names::sqlstate;
+use crate::sql::{Ident, Script};
 
 /// The default `DATABASE_URL`.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/concierge";
@@ -69,23 +71,19 @@ pub async fn create_database_if_missing(url: &str) -> Result<bool, ProvisionErro
             conn.close().await?;
             return Ok(false);
         }
-        // invalid_catalog_name: the database does not exist.
-        Err(e) if crate::error::sqlstate(&e).as_deref() == Some("3D000") => {}
+        Err(e) if sqlstate_of(&e).as_deref() == Some(sqlstate::INVALID_CATALOG_NAME) => {}
         Err(e) => return Err(e.into()),
     }
+    let mut script = Script::new();
+    script.sql("CREATE DATABASE ").ident(&Ident::database(&name)?);
     let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
-    let created = sqlx::raw_sql(crate::ident::trusted_sql(format!(
-        "CREATE DATABASE {}",
-        crate::ident::quote_ident(&name)
-    )))
-    .execute(&mut admin)
-    .await;
+    let created = script.finish()?.run(&mut admin).await;
     admin.close().await?;
     match created {
         Ok(_) => Ok(true),
-        // duplicate_database: another process made it first.
-        Err(e) if crate::error::sqlstate(&e).as_deref() == Some("42P04") => Ok(false),
-        Err(e) => Err(e.into()),
+        // Another process made it first.
+        Err(f) if sqlstate_of(&f.error).as_deref() == Some(sqlstate::DUPLICATE_DATABASE) => Ok(false),
+        Err(f) => Err(f.error.into()),
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::names::sqlstate;
+
 /// A field of a request that broke a rule: the message names both, so the
 /// operator knows what to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +45,16 @@ pub enum ProvisionError {
     UnknownTenant(String),
 
     /// The operation does not apply to the tenant's current state (a retry of
-    /// a tenant that has not failed, say).
+    /// a tenant that has not failed, say). Permanent: the state must change
+    /// first.
     #[error("{0}")]
     WrongState(String),
+
+    /// Something else changed what this operation was working on while it
+    /// ran (another job moved the tenant on, a run finished under it).
+    /// Transient: looking again finds the new state.
+    #[error("{0}")]
+    Contended(String),
 
     /// A tenant migration is broken or was changed after it was applied.
     #[error("migration {version} ({name}): {message}")]
@@ -89,7 +98,7 @@ impl ProvisionError {
             | Self::UnknownTenant(_)
             | Self::WrongState(_)
             | Self::Migration { .. } => true,
-            Self::Queue(_) => false,
+            Self::Queue(_) | Self::Contended(_) => false,
             Self::Database(e) => !is_transient_db_error(e),
         }
     }
@@ -111,6 +120,7 @@ impl ProvisionError {
             Self::Conflict { .. } => "conflict",
             Self::UnknownTenant(_) => "unknown_tenant",
             Self::WrongState(_) => "wrong_state",
+            Self::Contended(_) => "contended",
             Self::Migration { .. } => "migration",
             Self::Queue(_) => "redis_unreachable",
             Self::Database(e) if is_connection_error(e) => "postgres_unreachable",
@@ -129,8 +139,9 @@ impl ProvisionError {
     }
 }
 
-/// The server's SQLSTATE, if PostgreSQL answered with an error.
-pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+/// The server's SQLSTATE, if PostgreSQL answered with an error (compare
+/// with the constants of [`crate::names::sqlstate`]).
+pub fn sqlstate_of(e: &sqlx::Error) -> Option<String> {
     match e {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
         _ => None,
@@ -153,13 +164,16 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(_) => {
-            matches!(
-                sqlstate(e).as_deref(),
-                // cannot_connect_now, admin_shutdown, crash_shutdown, too_many_connections
-                Some("57P03" | "57P01" | "57P02" | "53300")
-            ) || sqlstate(e).is_some_and(|s| s.starts_with("08"))
-        }
+        sqlx::Error::Database(_) => sqlstate_of(e).is_some_and(|code| {
+            [
+                sqlstate::CANNOT_CONNECT_NOW,
+                sqlstate::ADMIN_SHUTDOWN,
+                sqlstate::CRASH_SHUTDOWN,
+                sqlstate::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(&code.as_str())
+                || code.starts_with(sqlstate::CONNECTION_EXCEPTION_CLASS)
+        }),
         _ => false,
     }
 }
@@ -168,11 +182,17 @@ fn is_transient_db_error(e: &sqlx::Error) -> bool {
     if is_connection_error(e) {
         return true;
     }
-    match sqlstate(e).as_deref() {
-        // serialization_failure, deadlock_detected, lock_not_available,
-        // query_canceled (statement/lock timeout), insufficient resources.
-        Some("40001" | "40P01" | "55P03" | "57014" | "53000" | "53100" | "53200") => true,
-        Some(_) => false,
+    match sqlstate_of(e) {
+        Some(code) => [
+            sqlstate::SERIALIZATION_FAILURE,
+            sqlstate::DEADLOCK_DETECTED,
+            sqlstate::LOCK_NOT_AVAILABLE,
+            sqlstate::QUERY_CANCELED,
+            sqlstate::INSUFFICIENT_RESOURCES,
+            sqlstate::DISK_FULL,
+            sqlstate::OUT_OF_MEMORY,
+        ]
+        .contains(&code.as_str()),
         None => matches!(e, sqlx::Error::Protocol(_)),
     }
 }
@@ -205,5 +225,7 @@ mod tests {
         assert!(!ProvisionError::Database(io).is_permanent());
         assert!(!ProvisionError::Database(sqlx::Error::PoolTimedOut).is_permanent());
         assert!(!ProvisionError::Queue("down".into()).is_permanent());
+        assert!(!ProvisionError::Contended("moved on".into()).is_permanent());
+        assert!(ProvisionError::WrongState("not failed".into()).is_permanent());
     }
 }

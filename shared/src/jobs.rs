@@ -37,8 +37,19 @@ impl JobKind {
 /// are pushed by a worker as the queue drains.
 pub const MAX_QUEUE_DEPTH: u64 = 5000;
 
-/// Current version of every payload below.
-pub const PAYLOAD_VERSION: u32 = 1;
+/// What every payload carries: a version, which a reader checks before it
+/// trusts the rest, and the schemas it is for.
+pub trait Payload {
+    /// The version this code writes and reads; a payload of another one is
+    /// set aside like one that does not parse.
+    const VERSION: u32;
+
+    /// The payload's own version.
+    fn version(&self) -> u32;
+
+    /// The schemas the job is for, in order.
+    fn schema_names(&self) -> Vec<&str>;
+}
 
 /// Provision the tenant requested under `schema_name`; the request itself
 /// (names, domain, password hash) is in `provision_tenant`.
@@ -61,21 +72,60 @@ pub struct SeedDemoData {
     pub schema_name: String,
 }
 
-/// Apply pending tenant migrations to one schema.
+/// Apply pending tenant migrations to schemas of a migration run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MigrateSchema {
     /// Payload version.
     pub v: u32,
-    /// The tenant.
+    /// The first schema.
     pub schema_name: String,
-    /// The migrate-all run this job belongs to, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<i64>,
+    /// The run the schemas belong to.
+    pub run_id: i64,
     /// Further schemas of the same run, migrated by the same job after
     /// `schema_name`, in order: one queue round trip for many schemas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub more_schema_names: Vec<String>,
+}
+
+impl Payload for CreateTenant {
+    const VERSION: u32 = 1;
+
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn schema_names(&self) -> Vec<&str> {
+        vec![&self.schema_name]
+    }
+}
+
+impl Payload for SeedDemoData {
+    const VERSION: u32 = 1;
+
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn schema_names(&self) -> Vec<&str> {
+        vec![&self.schema_name]
+    }
+}
+
+impl Payload for MigrateSchema {
+    /// 2: every job belongs to a run (version 1 also migrated schemas
+    /// outside any run).
+    const VERSION: u32 = 2;
+
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn schema_names(&self) -> Vec<&str> {
+        std::iter::once(self.schema_name.as_str())
+            .chain(self.more_schema_names.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 /// A job to push, with when it may run.
@@ -85,8 +135,9 @@ pub struct JobRequest {
     pub kind: JobKind,
     /// The tenant it is for.
     pub schema_name: String,
-    /// For [`JobKind::MigrateSchema`]: the run it belongs to.
-    pub run_id: Option<i64>,
+    /// For [`JobKind::MigrateSchema`]: the run it belongs to (0 for the
+    /// other kinds).
+    pub run_id: i64,
     /// For [`JobKind::MigrateSchema`] of a run: more schemas to migrate
     /// after `schema_name`.
     pub more_schema_names: Vec<String>,
@@ -100,9 +151,18 @@ impl JobRequest {
         Self {
             kind,
             schema_name: schema_name.into(),
-            run_id: None,
+            run_id: 0,
             more_schema_names: Vec::new(),
             delay_ms: 0,
+        }
+    }
+
+    /// A `MigrateSchema` job for `schema_name` of run `run_id`, to run at
+    /// once.
+    pub fn migrate(run_id: i64, schema_name: impl Into<String>) -> Self {
+        Self {
+            run_id,
+            ..Self::now(JobKind::MigrateSchema, schema_name)
         }
     }
 
@@ -111,15 +171,15 @@ impl JobRequest {
         let schema_name = self.schema_name.clone();
         match self.kind {
             JobKind::CreateTenant => serde_json::to_value(CreateTenant {
-                v: PAYLOAD_VERSION,
+                v: CreateTenant::VERSION,
                 schema_name,
             }),
             JobKind::SeedDemoData => serde_json::to_value(SeedDemoData {
-                v: PAYLOAD_VERSION,
+                v: SeedDemoData::VERSION,
                 schema_name,
             }),
             JobKind::MigrateSchema => serde_json::to_value(MigrateSchema {
-                v: PAYLOAD_VERSION,
+                v: MigrateSchema::VERSION,
                 schema_name,
                 run_id: self.run_id,
                 more_schema_names: self.more_schema_names.clone(),
@@ -147,5 +207,20 @@ mod tests {
         assert_eq!(value, serde_json::json!({"v": 1, "schema_name": "theo"}));
         let parsed: CreateTenant = serde_json::from_value(value).unwrap();
         assert_eq!(parsed.schema_name, "theo");
+    }
+
+    #[test]
+    fn a_migration_job_names_its_run_and_schemas() {
+        let mut job = JobRequest::migrate(7, "a");
+        job.more_schema_names.push("b".into());
+        let value = job.payload();
+        assert_eq!(
+            value,
+            serde_json::json!({"v": 2, "schema_name": "a", "run_id": 7, "more_schema_names": ["b"]})
+        );
+        let parsed: MigrateSchema = serde_json::from_value(value).unwrap();
+        assert_eq!(parsed.schema_names(), ["a", "b"]);
+        let without_run = serde_json::json!({"v": 1, "schema_name": "a"});
+        assert!(serde_json::from_value::<MigrateSchema>(without_run).is_err());
     }
 }

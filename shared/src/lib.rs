@@ -3,17 +3,21 @@
 //! migration runner, as plain async functions over a PostgreSQL pool. It
 //! knows nothing of the queue library; tests step these functions directly.
 
+pub mod create_tenant;
 pub mod db;
+pub mod demo_data;
 pub mod error;
-pub mod ident;
 pub mod jobs;
+pub mod locks;
 pub mod migrate;
 pub mod migrate_all;
+pub mod names;
 pub mod operator;
 pub mod password;
-pub mod provision;
 pub mod reconcile;
-pub mod script;
+pub mod request;
+pub mod retry;
+pub mod sql;
 pub mod state;
 pub mod status;
 pub mod validate;

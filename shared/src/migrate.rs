@@ -6,22 +6,21 @@
 //! recorded with a checksum of their SQL; a changed checksum is a permanent
 //! error.
 //!
-//! Two ways for tenant schemas: [`pending_migrations_sql`] writes all the
-//! pending migrations of one or a few schemas as one transaction for a
-//! one-message script
-//! (the fast path of provisioning and migrate-all), and
-//! [`migrate_schema_on`] applies them one transaction and round trips each,
-//! reading and checking what is recorded first: the fallback, which says
-//! exactly what is wrong.
+//! A tenant schema's migrations are written by one generator,
+//! [`write_migrations`]: the fast way sends them for one or a few schemas as
+//! one transaction (provisioning, migrate-all), the checked way
+//! ([`migrate_schema`]) reads what is recorded first and sends one
+//! transaction per migration, which says exactly what is wrong.
 
 use std::{fmt::Write as _, path::Path, sync::Arc};
 
 use sha2::{Digest, Sha256};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
-use crate::error::ProvisionError;
-use crate::ident::{advisory_key, quote_ident, trusted_sql};
-use crate::script::literal;
+use crate::error::{ProvisionError, sqlstate_of};
+use crate::locks::advisory_key;
+use crate::names::sqlstate;
+use crate::sql::{Ident, Marker, ReviewedSql, Script};
 
 /// A migration compiled into the binary (see `build.rs`).
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +43,7 @@ pub struct Migration {
     /// Its name.
     pub name: String,
     /// The SQL text.
-    pub sql: String,
+    pub sql: ReviewedSql,
     /// SHA-256 of the SQL text, hex.
     pub checksum: String,
 }
@@ -57,7 +56,7 @@ impl Migration {
         Self {
             version,
             name: name.into(),
-            sql,
+            sql: ReviewedSql::new(sql),
             checksum,
         }
     }
@@ -149,190 +148,244 @@ pub struct SchemaMigrated {
     pub version: i32,
 }
 
-/// Applies the pending migrations of `set` in `schema`, one transaction
-/// each, with the search path set to exactly that schema, and keeps
-/// `provision_tenant.schema_version` in step in the same transaction.
-///
-/// `schema` must already be validated (see [`crate::validate::schema_name`]).
-pub async fn migrate_schema(
-    pool: &PgPool,
-    set: &TenantMigrations,
-    schema: &str,
-) -> Result<SchemaMigrated, ProvisionError> {
-    let mut conn = pool.acquire().await?;
-    migrate_schema_on(&mut conn, set, schema).await
+/// A schema to migrate: its identifier and its name.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The quoted identifier.
+    pub ident: &'a Ident,
+    /// The name, as recorded in `provision_tenant_migration`.
+    pub name: &'a str,
 }
 
-/// [`migrate_schema`] on a connection the caller holds.
-pub async fn migrate_schema_on(
-    conn: &mut PgConnection,
+/// Statements that go into the bookkeeping statement of a migration: a
+/// data-modifying CTE `name AS (…)`, written for the versions applied and
+/// the schemas they were applied to (such as a run's outcome).
+pub type AlsoCte<'a> = dyn Fn(&mut Script, &[i32], &[Target<'_>]) + 'a;
+
+/// Writes, for a transaction the caller opens and commits, what brings every
+/// schema of `targets` from migration `applied` (the newest recorded in
+/// each; 0 for none) through the migrations of `set` after it, up to and
+/// including `through`: the schemas' locks, each migration in each schema
+/// with the search path set to exactly that schema, then one statement that
+/// records them, sets the tenants' `schema_version`, runs `also`, and
+/// checks that the migrations recorded before were exactly those of `set`
+/// up to `applied`. If they were not, the statement stops the script with
+/// [`sqlstate::GUARD_FAILED`] and the transaction rolls back.
+///
+/// This is the one generator of a schema's migrations. The fast way sends
+/// every pending migration of up to five schemas as one transaction; the
+/// checked way ([`migrate_schema`]) sends one migration per transaction,
+/// after reading what is recorded. One statement for all the bookkeeping,
+/// and one for several schemas, because a script's statements are parsed
+/// and planned anew each time: the bookkeeping of one schema costs about as
+/// much as its migration, that of five little more (bench/README.md).
+///
+/// Returns the versions written; empty when nothing is pending.
+pub fn write_migrations(
+    script: &mut Script,
     set: &TenantMigrations,
-    schema: &str,
-) -> Result<SchemaMigrated, ProvisionError> {
-    let prelude = format!(
-        "SELECT pg_advisory_xact_lock({key});\nSET LOCAL search_path TO {ident};",
-        key = advisory_key("migrate", schema),
-        ident = quote_ident(schema),
-    );
-    let mut applied = Vec::new();
-    loop {
-        let mut tx = conn.begin().await?;
-        sqlx::raw_sql(trusted_sql(prelude.as_str()))
-            .execute(&mut *tx)
-            .await?;
-        let recorded: Vec<(i32, String)> = sqlx::query_as(
-            "SELECT version, checksum FROM public.provision_tenant_migration
-             WHERE schema_name = $1 ORDER BY version",
-        )
-        .bind(schema)
-        .fetch_all(&mut *tx)
-        .await?;
-        check_recorded(set, schema, &recorded)?;
-        let version = recorded.last().map_or(0, |r| r.0);
-        let Some(next) = set.all().iter().find(|m| m.version > version) else {
-            tx.rollback().await?;
-            return Ok(SchemaMigrated { applied, version });
-        };
-        apply_one(&mut tx, next, schema).await?;
-        tx.commit().await?;
-        applied.push(next.version);
-        if next.version == set.latest() {
-            // Nothing after it: spare the transaction that would find so.
-            return Ok(SchemaMigrated {
-                applied,
-                version: next.version,
-            });
+    targets: &[Target<'_>],
+    applied: i32,
+    through: i32,
+    also: Option<&AlsoCte<'_>>,
+) -> Vec<i32> {
+    let pending: Vec<&Migration> = set
+        .all()
+        .iter()
+        .filter(|m| m.version > applied && m.version <= through)
+        .collect();
+    if pending.is_empty() || targets.is_empty() {
+        return Vec::new();
+    }
+    script.sql("SELECT ");
+    script.join(targets, ", ", |s, t| {
+        s.sql("pg_advisory_xact_lock(")
+            .int(advisory_key("migrate", t.name))
+            .sql(")");
+    });
+    script.sql(";\n");
+    for target in targets {
+        script
+            .sql("SET LOCAL search_path TO ")
+            .ident(target.ident)
+            .sql(";\n");
+        for m in &pending {
+            script.reviewed(&m.sql);
         }
     }
-}
-
-/// A data-modifying CTE, `name AS (…)`, written from the versions a
-/// migration applies and the SQL list of the schemas it applies them to
-/// (`'a', 'b'`, for `schema_name IN (…)`).
-pub type AlsoCte<'a> = dyn Fn(&[i32], &str) -> String + 'a;
-
-/// The statements that bring every schema of `schemas` from migration
-/// `applied` (the newest one recorded for each; 0 for none) to the newest of
-/// `set`, for a script (see [`crate::script`]) to run inside one
-/// transaction: the schemas' locks, every pending migration in each schema,
-/// then one statement that records them, sets the tenants'
-/// `schema_version`, runs `also` (such as a run's outcome) and checks that
-/// the migrations recorded before were exactly those of `set` up to
-/// `applied`. If they were not, the script stops with
-/// [`crate::script::GUARD_FAILED`] and everything rolls back; the caller
-/// falls back to [`migrate_schema_on`], which says what is wrong.
-///
-/// One statement for all the bookkeeping, and one for several schemas,
-/// because a script's statements are parsed and planned anew each time: the
-/// bookkeeping of one schema costs about as much as its migration, that of
-/// five little more (bench/README.md). `None` when nothing is pending.
-pub fn pending_migrations_sql(
-    set: &TenantMigrations,
-    schemas: &[&str],
-    applied: i32,
-    also: Option<&AlsoCte<'_>>,
-) -> Result<Option<(String, Vec<i32>)>, ProvisionError> {
-    let pending: Vec<&Migration> = set.all().iter().filter(|m| m.version > applied).collect();
-    if pending.is_empty() || schemas.is_empty() {
-        return Ok(None);
+    let versions: Vec<i32> = pending.iter().map(|m| m.version).collect();
+    let newest = *versions.last().expect("pending is not empty");
+    script.sql("SET LOCAL search_path TO public;\nWITH recorded AS (\n INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum)\n VALUES ");
+    let rows: Vec<(&Target<'_>, &&Migration)> = targets
+        .iter()
+        .flat_map(|t| pending.iter().map(move |m| (t, m)))
+        .collect();
+    script.join(rows, ", ", |s, (t, m)| {
+        s.sql("(")
+            .text(t.name)
+            .sql(", ")
+            .int(i64::from(m.version))
+            .sql(", ")
+            .text(&m.name)
+            .sql(", ")
+            .text(&m.checksum)
+            .sql(")");
+    });
+    script.sql("),\nversioned AS (\n UPDATE public.provision_tenant SET schema_version = ");
+    script.int(i64::from(newest)).sql(" WHERE schema_name IN (");
+    script.join(targets, ", ", |s, t| {
+        s.text(t.name);
+    });
+    script.sql("))");
+    if let Some(also) = also {
+        script.sql(",\n");
+        also(script, &versions, targets);
     }
+    // The guard reads the records as they were when the statement began,
+    // before its own insert.
     let expected: Vec<String> = set
         .all()
         .iter()
         .filter(|m| m.version <= applied)
         .map(|m| format!("{}:{}", m.version, m.checksum))
         .collect();
-    let schema_literals = schemas
-        .iter()
-        .map(|s| literal(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let locks: Vec<String> = schemas
-        .iter()
-        .map(|s| format!("pg_advisory_xact_lock({})", advisory_key("migrate", s)))
-        .collect();
-    let mut sql = format!("SELECT {};\n", locks.join(", "));
-    let mut rows = Vec::with_capacity(pending.len() * schemas.len());
-    for (schema, schema_literal) in schemas.iter().zip(&schema_literals) {
-        writeln!(sql, "SET LOCAL search_path TO {};", quote_ident(schema)).expect("writing to a String");
-        for m in &pending {
-            // A newline first, so a file ending in a `--` comment cannot
-            // swallow the semicolon.
-            sql.push_str(m.sql.trim_end());
-            sql.push_str("\n;\n");
-            rows.push(format!(
-                "({schema_literal}, {}, {}, {})",
-                m.version,
-                literal(&m.name)?,
-                literal(&m.checksum)?
-            ));
-        }
-    }
-    let versions: Vec<i32> = pending.iter().map(|m| m.version).collect();
-    let in_list = schema_literals.join(", ");
-    let message = match schemas {
-        [one] => {
-            format!("schema {one}: its recorded migrations are not those up to {applied} of this worker")
-        }
-        _ => format!(
-            "schemas {}: the recorded migrations of one or more are not those up to {applied} of this worker",
-            schemas.join(", ")
-        ),
-    };
-    // The guard reads the records as they were when the statement began,
-    // before its own insert.
-    write!(
-        sql,
-        "SET LOCAL search_path TO public;\n\
-         WITH recorded AS (\n\
-             INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum)\n\
-             VALUES {rows}),\n\
-         versioned AS (\n\
-             UPDATE public.provision_tenant SET schema_version = {latest} WHERE schema_name IN ({in_list})){also}\n\
-         SELECT public.provision_assert(bool_and(coalesce(r.got, '') = {expected}), {message}) AS guarded\n\
-         FROM (VALUES ({values})) AS s(schema_name)\n\
-         LEFT JOIN LATERAL (\n\
-             SELECT string_agg(version || ':' || checksum, ',' ORDER BY version) AS got\n\
-             FROM public.provision_tenant_migration m WHERE m.schema_name = s.schema_name) r ON true;\n",
-        rows = rows.join(", "),
-        latest = set.latest(),
-        also = also.map(|cte| format!(",\n{}", cte(&versions, &in_list))).unwrap_or_default(),
-        expected = literal(&expected.join(","))?,
-        values = schema_literals.join("), ("),
-        message = literal(&message)?,
-    )
-    .expect("writing to a String");
-    Ok(Some((sql, versions)))
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    let message = format!(
+        "schema(s) {}: the recorded migrations are not those up to {applied} of this worker",
+        names.join(", ")
+    );
+    script.sql("\nSELECT public.provision_assert(bool_and(coalesce(r.got, '') = ");
+    script.text(&expected.join(",")).sql("), ").text(&message);
+    script.sql(") AS guarded\nFROM (VALUES (");
+    script.join(targets, "), (", |s, t| {
+        s.text(t.name);
+    });
+    script.sql(
+        ")) AS s(schema_name)\nLEFT JOIN LATERAL (\n SELECT string_agg(version || ':' || checksum, ',' ORDER BY version) AS got\n FROM public.provision_tenant_migration m WHERE m.schema_name = s.schema_name) r ON true;\n",
+    );
+    versions
 }
 
-async fn apply_one(tx: &mut PgConnection, migration: &Migration, schema: &str) -> Result<(), ProvisionError> {
-    if let Err(e) = sqlx::raw_sql(trusted_sql(migration.sql.as_str()))
-        .execute(&mut *tx)
-        .await
-    {
-        let error = ProvisionError::Database(e);
-        if !error.is_permanent() {
-            return Err(error);
-        }
-        return Err(ProvisionError::Migration {
-            version: migration.version,
-            name: migration.name.clone(),
-            message: format!("failed in schema {schema}: {error}"),
+/// The newest migration recorded for `schema_name`, after checking that
+/// every recorded one is the migration of `set` it claims to be.
+pub async fn recorded_version(
+    conn: &mut PgConnection,
+    set: &TenantMigrations,
+    schema_name: &str,
+) -> Result<i32, ProvisionError> {
+    let recorded: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT version, checksum FROM public.provision_tenant_migration
+         WHERE schema_name = $1 ORDER BY version",
+    )
+    .bind(schema_name)
+    .fetch_all(&mut *conn)
+    .await?;
+    check_recorded(set, schema_name, &recorded)?;
+    Ok(recorded.last().map_or(0, |r| r.0))
+}
+
+/// The checked way for one schema: what is recorded is read and checked
+/// first, then the migrations after it go as one transaction each, in one
+/// message; a migration that fails leaves the ones before it applied, and
+/// its error names it.
+pub async fn migrate_schema(
+    conn: &mut PgConnection,
+    set: &TenantMigrations,
+    schema: &Ident,
+) -> Result<SchemaMigrated, ProvisionError> {
+    let applied = recorded_version(conn, set, schema.name()).await?;
+    let mut script = Script::new();
+    let commits = write_one_by_one(&mut script, set, schema, applied);
+    if commits.is_empty() {
+        return Ok(SchemaMigrated {
+            applied: Vec::new(),
+            version: applied,
         });
     }
-    sqlx::query(
-        "WITH recorded AS (
-             INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum)
-             VALUES ($4, $1, $2, $3)
-         )
-         UPDATE public.provision_tenant SET schema_version = $1 WHERE schema_name = $4",
-    )
-    .bind(migration.version)
-    .bind(&migration.name)
-    .bind(&migration.checksum)
-    .bind(schema)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    let result = script.finish()?.run(conn).await;
+    let (output, error) = match result {
+        Ok(output) => (output, None),
+        Err(failure) => (failure.output, Some(failure.error)),
+    };
+    let done: Vec<i32> = commits
+        .iter()
+        .take_while(|(_, committed)| output.reached(*committed))
+        .map(|(version, _)| *version)
+        .collect();
+    match error {
+        None => Ok(SchemaMigrated {
+            version: done.last().copied().unwrap_or(applied),
+            applied: done,
+        }),
+        Some(error) => {
+            let failed = commits[done.len()].0;
+            Err(explain_migration_error(set, schema.name(), failed, error))
+        }
+    }
+}
+
+/// [`write_migrations`] for one schema, one transaction per migration after
+/// `applied`, each followed by a marker that says it committed.
+pub fn write_one_by_one(
+    script: &mut Script,
+    set: &TenantMigrations,
+    schema: &Ident,
+    applied: i32,
+) -> Vec<(i32, Marker<bool>)> {
+    let target = [Target {
+        ident: schema,
+        name: schema.name(),
+    }];
+    let mut commits = Vec::new();
+    let mut from = applied;
+    for m in set.all().iter().filter(|m| m.version > applied) {
+        script.sql("BEGIN;\n");
+        write_migrations(script, set, &target, from, m.version, None);
+        script.sql("COMMIT;\n");
+        commits.push((
+            m.version,
+            script.marker(|s| {
+                s.sql("true");
+            }),
+        ));
+        from = m.version;
+    }
+    commits
+}
+
+/// The error of migration `version` failing in `schema_name`: a guard means
+/// another process migrated the schema meanwhile (look again); a refused
+/// statement is the migration's fault.
+pub fn explain_migration_error(
+    set: &TenantMigrations,
+    schema_name: &str,
+    version: i32,
+    error: sqlx::Error,
+) -> ProvisionError {
+    if sqlstate_of(&error).as_deref() == Some(sqlstate::GUARD_FAILED) {
+        return ProvisionError::Contended(guard_message(&error));
+    }
+    let error = ProvisionError::Database(error);
+    if !error.is_permanent() {
+        return error;
+    }
+    let name = set
+        .all()
+        .iter()
+        .find(|m| m.version == version)
+        .map_or_else(|| "?".to_owned(), |m| m.name.clone());
+    ProvisionError::Migration {
+        version,
+        name,
+        message: format!("failed in schema {schema_name}: {error}"),
+    }
+}
+
+/// The message of a failed guard ([`sqlstate::GUARD_FAILED`]).
+pub fn guard_message(error: &sqlx::Error) -> String {
+    error
+        .as_database_error()
+        .map_or_else(|| error.to_string(), |db| db.message().to_owned())
 }
 
 fn check_recorded(
@@ -379,28 +432,28 @@ pub async fn apply_public_migrations(pool: &PgPool) -> Result<Vec<i32>, Provisio
     if public_pending_on(&mut conn).await?.is_empty() {
         return Ok(Vec::new());
     }
-    let prelude = format!(
-        "SELECT pg_advisory_xact_lock({key});\n{PUBLIC_BOOKKEEPING}",
-        key = advisory_key("migrate-public", "")
-    );
     let mut applied = Vec::new();
     for migration in PUBLIC_MIGRATIONS {
-        let mut tx = conn.begin().await?;
-        sqlx::raw_sql(trusted_sql(prelude.as_str()))
-            .execute(&mut *tx)
-            .await?;
-        let recorded: Option<String> =
-            sqlx::query_scalar("SELECT checksum FROM provision_public_migration WHERE version = $1")
-                .bind(migration.version)
-                .fetch_optional(&mut *tx)
-                .await?;
         let sum = checksum(migration.sql);
-        match recorded {
+        // Under the lock: the bookkeeping table, then whether this migration
+        // is recorded, and with which checksum.
+        let mut script = Script::new();
+        script.sql("BEGIN;\nSELECT pg_advisory_xact_lock(");
+        script.int(advisory_key("migrate-public", "")).sql(");\n");
+        script.sql(PUBLIC_BOOKKEEPING);
+        let recorded: Marker<Option<String>> = script.marker(|s| {
+            s.sql("(SELECT checksum FROM provision_public_migration WHERE version = ")
+                .int(i64::from(migration.version))
+                .sql(")");
+        });
+        let output = script.finish()?.run(&mut conn).await.map_err(|f| f.error)?;
+        match output.get(recorded).transpose()?.flatten() {
             Some(recorded) if recorded == sum => {
-                tx.rollback().await?;
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
                 continue;
             }
             Some(recorded) => {
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
                 return Err(ProvisionError::Migration {
                     version: migration.version,
                     name: migration.name.into(),
@@ -411,21 +464,26 @@ pub async fn apply_public_migrations(pool: &PgPool) -> Result<Vec<i32>, Provisio
             }
             None => {}
         }
-        sqlx::raw_sql(trusted_sql(migration.sql))
-            .execute(&mut *tx)
+        let mut script = Script::new();
+        script
+            .sql(migration.sql)
+            .sql("\n;\nINSERT INTO provision_public_migration (version, name, checksum) VALUES (");
+        script
+            .int(i64::from(migration.version))
+            .sql(", ")
+            .text(migration.name)
+            .sql(", ")
+            .text(&sum)
+            .sql(");\nCOMMIT;\n");
+        script
+            .finish()?
+            .run(&mut conn)
             .await
-            .map_err(|e| ProvisionError::Migration {
+            .map_err(|f| ProvisionError::Migration {
                 version: migration.version,
                 name: migration.name.into(),
-                message: format!("public migration failed: {e}"),
+                message: format!("public migration failed: {}", f.error),
             })?;
-        sqlx::query("INSERT INTO provision_public_migration (version, name, checksum) VALUES ($1, $2, $3)")
-            .bind(migration.version)
-            .bind(migration.name)
-            .bind(&sum)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         applied.push(migration.version);
     }
     Ok(applied)
@@ -443,9 +501,9 @@ async fn public_pending_on(conn: &mut PgConnection) -> Result<Vec<i32>, Provisio
         sqlx::query_as("SELECT version, checksum FROM provision_public_migration")
             .fetch_all(&mut *conn)
             .await
-            .or_else(|e| match crate::error::sqlstate(&e).as_deref() {
-                // undefined_table: nothing applied yet.
-                Some("42P01") => Ok(Vec::new()),
+            .or_else(|e| match sqlstate_of(&e).as_deref() {
+                // Nothing applied yet.
+                Some(sqlstate::UNDEFINED_TABLE) => Ok(Vec::new()),
                 _ => Err(e),
             })?;
     Ok(PUBLIC_MIGRATIONS

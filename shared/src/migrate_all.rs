@@ -8,18 +8,19 @@
 //! it back to `pending` with a delay, and `provision retry` sends a failed one
 //! back to `pending`. The run finishes when no row is pending or queued.
 
-use std::fmt::Write as _;
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::error::{ProvisionError, violated_constraint};
-use crate::ident::advisory_key;
-use crate::jobs::{JobKind, JobRequest, JobSink};
-use crate::migrate::{SchemaMigrated, TenantMigrations, migrate_schema, pending_migrations_sql};
-use crate::provision::retry_delay_ms;
-use crate::script::literal;
+use crate::jobs::{JobRequest, JobSink};
+use crate::locks::advisory_key;
+use crate::migrate::{SchemaMigrated, Target, TenantMigrations, migrate_schema, write_migrations};
+use crate::names::constraint;
+use crate::retry::{Next, RetryPolicy};
+use crate::sql::{Ident, Marker, Script};
 
 /// At most this many jobs of migrate-all runs wait in Redis at once: far
 /// below the ~8,000 where the queue library wedges.
@@ -38,34 +39,46 @@ pub enum RunTrigger {
     Operator,
 }
 
+/// Which schemas a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunScope<'a> {
+    /// Every ready tenant behind the target (`migrate --all`, the schedule).
+    All,
+    /// One tenant's schema (`migrate --schema-name`), looked at whatever its
+    /// recorded version, so a changed migration is reported.
+    Schema(&'a str),
+}
+
 /// What starting a run found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunStart {
     /// A new run, with its id.
     Started(i64),
-    /// A run is already in progress: this one.
+    /// A run of all schemas is already in progress: this one.
     AlreadyRunning(i64),
     /// The cron tick already has its run (started by another worker).
     TickTaken(i64),
 }
 
-/// Starts a migrate-all run to `target` (the newest tenant migration): every
-/// ready tenant behind it becomes a pending row. One statement, whatever the
-/// number of schemas; a run with nothing to do is finished at once.
+/// Starts a migration run to `target` (the newest tenant migration): every
+/// schema of `scope` behind it becomes a pending row. One statement,
+/// whatever the number of schemas; a run with nothing to do is finished at
+/// once.
 pub async fn start_run(
     pool: &PgPool,
     trigger: RunTrigger,
+    scope: RunScope<'_>,
     started_by: &str,
     target: i32,
 ) -> Result<RunStart, ProvisionError> {
     // The run in progress may finish between our insert's conflict and our
     // look for it: then try again.
     for _ in 0..5 {
-        if let Some(start) = try_start_run(pool, trigger, started_by, target).await? {
+        if let Some(start) = try_start_run(pool, trigger, scope, started_by, target).await? {
             return Ok(start);
         }
     }
-    Err(ProvisionError::WrongState(
+    Err(ProvisionError::Contended(
         "migrate-all runs kept starting and finishing under us; try again".into(),
     ))
 }
@@ -73,6 +86,7 @@ pub async fn start_run(
 async fn try_start_run(
     pool: &PgPool,
     trigger: RunTrigger,
+    scope: RunScope<'_>,
     started_by: &str,
     target: i32,
 ) -> Result<Option<RunStart>, ProvisionError> {
@@ -80,34 +94,42 @@ async fn try_start_run(
         RunTrigger::Cron(tick) => ("cron", Some(tick)),
         RunTrigger::Operator => ("operator", None),
     };
-    let started: Result<Option<(i64, i32)>, sqlx::Error> = sqlx::query_as(
-        "WITH run AS (
+    let only = match scope {
+        RunScope::All => None,
+        RunScope::Schema(name) => Some(name),
+    };
+    let started: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
+        "WITH candidates AS (
+             SELECT schema_name, $5::text IS NULL AND schema_version >= $4 AS current
+             FROM public.provision_tenant
+             WHERE state = 'ready' AND ($5::text IS NULL OR schema_name = $5)),
+         run AS (
              INSERT INTO public.provision_migration_run
-                 (trigger, started_by, tick, target_version, total, already_current, state, finished_at)
-             SELECT $1, $2, $3, $4,
-                    count(*) FILTER (WHERE schema_version < $4),
-                    count(*) FILTER (WHERE schema_version >= $4),
-                    CASE WHEN count(*) FILTER (WHERE schema_version < $4) = 0 THEN 'finished' ELSE 'running' END,
-                    CASE WHEN count(*) FILTER (WHERE schema_version < $4) = 0 THEN now() END
-             FROM public.provision_tenant WHERE state = 'ready'
-             RETURNING id, total),
+                 (trigger, scope, started_by, tick, target_version, total, already_current, state, finished_at)
+             SELECT $1, CASE WHEN $5::text IS NULL THEN 'all' ELSE 'schema' END, $2, $3, $4,
+                    count(*) FILTER (WHERE NOT current),
+                    count(*) FILTER (WHERE current),
+                    CASE WHEN count(*) FILTER (WHERE NOT current) = 0 THEN 'finished' ELSE 'running' END,
+                    CASE WHEN count(*) FILTER (WHERE NOT current) = 0 THEN now() END
+             FROM candidates
+             RETURNING id),
          behind AS (
              INSERT INTO public.provision_migration_run_schema (run_id, schema_name)
-             SELECT run.id, t.schema_name FROM run, public.provision_tenant t
-             WHERE t.state = 'ready' AND t.schema_version < $4)
-         SELECT id, total FROM run",
+             SELECT run.id, c.schema_name FROM run, candidates c WHERE NOT c.current)
+         SELECT id FROM run",
     )
     .bind(kind)
     .bind(started_by)
     .bind(tick)
     .bind(target)
+    .bind(only)
     .fetch_optional(pool)
     .await;
     match started {
-        Ok(Some((id, _total))) => Ok(Some(RunStart::Started(id))),
-        Ok(None) => Err(ProvisionError::WrongState("the run was not recorded".into())),
+        Ok(Some(id)) => Ok(Some(RunStart::Started(id))),
+        Ok(None) => Err(ProvisionError::Contended("the run was not recorded".into())),
         Err(e) => match violated_constraint(&e) {
-            Some("provision_migration_run_tick_key") => {
+            Some(constraint::RUN_TICK_KEY) => {
                 let id: i64 =
                     sqlx::query_scalar("SELECT id FROM public.provision_migration_run WHERE tick = $1")
                         .bind(tick)
@@ -115,9 +137,9 @@ async fn try_start_run(
                         .await?;
                 Ok(Some(RunStart::TickTaken(id)))
             }
-            Some("provision_migration_run_one_running") => {
+            Some(constraint::ONE_RUNNING_RUN) => {
                 let id: Option<i64> = sqlx::query_scalar(
-                    "SELECT id FROM public.provision_migration_run WHERE state = 'running'",
+                    "SELECT id FROM public.provision_migration_run WHERE state = 'running' AND scope = 'all'",
                 )
                 .fetch_optional(pool)
                 .await?;
@@ -201,50 +223,13 @@ fn batch_jobs(mut claimed: Vec<(i64, String)>) -> Vec<JobRequest> {
     let mut jobs: Vec<JobRequest> = Vec::new();
     for (run_id, schema_name) in claimed {
         match jobs.last_mut() {
-            Some(job) if job.run_id == Some(run_id) && job.more_schema_names.len() + 1 < per_job => {
+            Some(job) if job.run_id == run_id && job.more_schema_names.len() + 1 < per_job => {
                 job.more_schema_names.push(schema_name);
             }
-            _ => {
-                let mut job = JobRequest::now(JobKind::MigrateSchema, schema_name);
-                job.run_id = Some(run_id);
-                jobs.push(job);
-            }
+            _ => jobs.push(JobRequest::migrate(run_id, schema_name)),
         }
     }
     jobs
-}
-
-/// Migrates one tenant's schema outside any run (`provision migrate
-/// --schema-name`), recording the outcome in the tenant's history.
-pub async fn migrate_tenant(
-    pool: &PgPool,
-    migrations: &TenantMigrations,
-    schema_name: &str,
-    actor: &str,
-) -> Result<SchemaMigrated, ProvisionError> {
-    let result = migrate_schema(pool, migrations, schema_name).await;
-    let (detail, error) = match &result {
-        Ok(done) if done.applied.is_empty() => (Some(format!("already at migration {}", done.version)), None),
-        Ok(done) => (
-            Some(format!("applied {:?}, now at {}", done.applied, done.version)),
-            None,
-        ),
-        Err(e) if e.is_permanent() => (None, Some(e.to_string())),
-        // A transient error is retried by the queue; not worth a history row.
-        Err(_) => return result,
-    };
-    sqlx::query(
-        "INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, error, detail, actor)
-         SELECT schema_name, state, state, 'migrate_schema', 1, $2, $3, $4
-         FROM public.provision_tenant WHERE schema_name = $1",
-    )
-    .bind(schema_name)
-    .bind(error)
-    .bind(detail)
-    .bind(actor)
-    .execute(pool)
-    .await?;
-    result
 }
 
 /// How one schema of a run ended.
@@ -271,25 +256,43 @@ pub enum SchemaOutcome {
 /// failing migration rolls the others of its group back.
 pub const SCHEMAS_PER_TRANSACTION: usize = 5;
 
-/// Runs a run's `MigrateSchema` job for `schema_names`, in order, and
-/// records how each ended; finishes the run when none is left open.
+/// What a run's job needs to know of its run and of one queued schema.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct QueuedSchema {
+    schema_name: String,
+    /// The run's target.
+    target_version: i32,
+    /// `all` or `schema`: a run of one schema records its outcome in the
+    /// tenant's history too.
+    scope: String,
+    /// The tenant's recorded version.
+    schema_version: i32,
+    /// Executions of this schema's migration in this run, this one counted.
+    attempt: i32,
+}
+
+/// Runs a run's `MigrateSchema` job for `schema_names` and records how each
+/// ended; finishes the run when none is left open. The outcomes come in the
+/// job's order.
 ///
 /// Schemas behind the run's target go the fast way: up to
-/// [`SCHEMAS_PER_TRANSACTION`] at a time, their pending migrations, their
-/// bookkeeping and their outcomes in one transaction (see
-/// [`pending_migrations_sql`]), all of the job's transactions in one
-/// message. Anything else (already current, a guard or a migration that
-/// fails, a lost connection) goes through [`migrate_run_schema`], one schema
-/// at a time, which looks again and reports exactly.
+/// [`SCHEMAS_PER_TRANSACTION`] at a time migrated from the same version,
+/// their pending migrations, their bookkeeping and their outcomes in one
+/// transaction, every group of the job in one message. A group that stops
+/// the message goes the checked way schema by schema ([`migrate_schema`]),
+/// and the groups after it are sent again; so does anything else (already
+/// current, a worker that knows less than the run's target).
 pub async fn migrate_run_schemas(
     pool: &PgPool,
     migrations: &TenantMigrations,
     run_id: i64,
     schema_names: &[String],
-    max_attempts: i32,
+    policy: RetryPolicy,
+    actor: &str,
 ) -> Result<Vec<(String, SchemaOutcome)>, ProvisionError> {
-    let queued: Vec<(String, i32, i32)> = sqlx::query_as(
-        "SELECT s.schema_name, r.target_version, coalesce(t.schema_version, 0)
+    let queued: Vec<QueuedSchema> = sqlx::query_as(
+        "SELECT s.schema_name, r.target_version, r.scope, coalesce(t.schema_version, 0) AS schema_version,
+                s.attempt
          FROM public.provision_migration_run_schema s
          JOIN public.provision_migration_run r ON r.id = s.run_id
          LEFT JOIN public.provision_tenant t ON t.schema_name = s.schema_name
@@ -299,96 +302,96 @@ pub async fn migrate_run_schemas(
     .bind(schema_names)
     .fetch_all(pool)
     .await?;
-    // The version a schema would be migrated from the fast way; None when it
-    // is not for the fast way.
-    let fast_from = |schema_name: &String| {
-        let (_, target, version) = queued.iter().find(|q| &q.0 == schema_name)?;
-        (*version < *target && migrations.latest() >= *target).then_some(*version)
-    };
-    let outcome_cte = |applied: &[i32], in_list: &str| {
-        format!(
-            "outcome AS (
-                 UPDATE public.provision_migration_run_schema
-                 SET state = 'migrated', applied = '{{{applied}}}', error = NULL, updated_at = now()
-                 WHERE run_id = {run_id} AND schema_name IN ({in_list}) AND state = 'queued')",
-            applied = applied.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
-        )
-    };
-    let mut conn = pool.acquire().await?;
-    let mut outcomes = Vec::with_capacity(schema_names.len());
-    // Schemas from here on whose group stopped a script: each goes the
-    // checked way.
-    let mut checked_until = 0;
-    let mut next = 0;
-    while next < schema_names.len() {
-        if next >= checked_until {
-            // The schemas from `next` on that can go the fast way, in groups
-            // migrated from the same version; a marker row after each COMMIT
-            // says that group committed.
-            let mut script = String::new();
-            let mut sent: Vec<(&[String], Vec<i32>)> = Vec::new();
-            let mut end = next;
-            while let Some(version) = schema_names.get(end).and_then(fast_from) {
-                let start = end;
-                while end < schema_names.len()
-                    && end - start < SCHEMAS_PER_TRANSACTION
-                    && fast_from(&schema_names[end]) == Some(version)
-                {
-                    end += 1;
-                }
-                let group = &schema_names[start..end];
-                let names: Vec<&str> = group.iter().map(String::as_str).collect();
-                let Some((sql, applied)) =
-                    pending_migrations_sql(migrations, &names, version, Some(&outcome_cte))?
-                else {
-                    break; // Not reached: the version is behind the newest.
-                };
-                write!(
-                    script,
-                    "BEGIN;\n{sql}COMMIT;\nSELECT {} AS committed;\n",
-                    literal(&group[0])?
-                )
-                .expect("writing to a String");
-                sent.push((group, applied));
+    let mut outcomes: Vec<(String, SchemaOutcome)> = schema_names
+        .iter()
+        .filter(|name| !queued.iter().any(|q| &q.schema_name == *name))
+        .map(|name| (name.clone(), SchemaOutcome::NotQueued))
+        .collect();
+    // In the job's order: the fast way in groups migrated from one version;
+    // the rest the checked way.
+    let mut groups: VecDeque<Vec<&QueuedSchema>> = VecDeque::new();
+    let mut checked: Vec<&QueuedSchema> = Vec::new();
+    for name in schema_names {
+        let Some(q) = queued.iter().find(|q| &q.schema_name == name) else {
+            continue;
+        };
+        let fast = q.schema_version < q.target_version && migrations.latest() >= q.target_version;
+        if !fast {
+            checked.push(q);
+            continue;
+        }
+        match groups.back_mut() {
+            Some(group)
+                if group.len() < SCHEMAS_PER_TRANSACTION && group[0].schema_version == q.schema_version =>
+            {
+                group.push(q);
             }
-            if !sent.is_empty() {
-                let rows = match crate::script::run(&mut conn, script).await {
-                    Ok(rows) => rows,
-                    Err(failure) => {
-                        tracing::debug!(error = %failure.error, "schemas sent together stopped; the failing group goes one by one");
-                        // The connection may be the reason: take another.
-                        drop(conn);
-                        conn = pool.acquire().await?;
-                        failure.rows
-                    }
-                };
-                let committed = rows
-                    .iter()
-                    .filter(|r| r.try_get::<String, _>("committed").is_ok())
-                    .count();
-                for (group, applied) in sent.iter().take(committed) {
-                    for schema_name in group.iter() {
-                        outcomes.push((schema_name.clone(), SchemaOutcome::Migrated(applied.clone())));
-                    }
-                    next += group.len();
-                }
-                if let Some((stopped, _)) = sent.get(committed) {
-                    checked_until = next + stopped.len();
-                }
-                continue;
+            _ => groups.push_back(vec![q]),
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    while !groups.is_empty() {
+        let mut script = Script::new();
+        let mut sent: Vec<(Vec<i32>, Marker<bool>)> = Vec::with_capacity(groups.len());
+        for group in &groups {
+            let idents = group
+                .iter()
+                .map(|q| Ident::tenant_schema(&q.schema_name))
+                .collect::<Result<Vec<_>, _>>()?;
+            let targets: Vec<Target<'_>> = idents
+                .iter()
+                .map(|ident| Target {
+                    ident,
+                    name: ident.name(),
+                })
+                .collect();
+            let outcome = |s: &mut Script, applied: &[i32], targets: &[Target<'_>]| {
+                write_migrated_outcome(s, run_id, applied, targets, &group[0].scope, actor);
+            };
+            script.sql("BEGIN;\n");
+            let applied = write_migrations(
+                &mut script,
+                migrations,
+                &targets,
+                group[0].schema_version,
+                migrations.latest(),
+                Some(&outcome),
+            );
+            script.sql("COMMIT;\n");
+            let committed = script.marker(|s| {
+                s.sql("true");
+            });
+            sent.push((applied, committed));
+        }
+        let output = match script.finish()?.run(&mut conn).await {
+            Ok(output) => output,
+            Err(failure) => {
+                tracing::debug!(run_id, error = %failure.error, "schemas sent together stopped; the failing group goes one by one");
+                // The connection may be the reason: take another.
+                drop(conn);
+                conn = pool.acquire().await?;
+                failure.output
+            }
+        };
+        for (applied, committed) in sent {
+            let group = groups.pop_front().expect("one group per marker");
+            if output.reached(committed) {
+                outcomes.extend(
+                    group
+                        .iter()
+                        .map(|q| (q.schema_name.clone(), SchemaOutcome::Migrated(applied.clone()))),
+                );
+            } else {
+                // This group stopped the message: its schemas go the checked
+                // way; the groups after it were not run and are sent again.
+                checked.extend(group);
+                break;
             }
         }
-        // The schema at `next` is not for the fast way, or its group stopped
-        // a script: the checked runner looks again and records exactly how
-        // it ends.
-        let schema_name = &schema_names[next];
-        let outcome = if queued.iter().any(|q| &q.0 == schema_name) {
-            migrate_run_schema(pool, migrations, run_id, schema_name, max_attempts).await?
-        } else {
-            SchemaOutcome::NotQueued
-        };
-        outcomes.push((schema_name.clone(), outcome));
-        next += 1;
+    }
+    for q in checked {
+        let outcome = migrate_run_schema(&mut conn, migrations, run_id, q, policy, actor).await?;
+        outcomes.push((q.schema_name.clone(), outcome));
     }
     sqlx::query(
         "UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
@@ -399,44 +402,88 @@ pub async fn migrate_run_schemas(
     .bind(run_id)
     .execute(&mut *conn)
     .await?;
+    outcomes.sort_by_key(|(name, _)| schema_names.iter().position(|n| n == name));
     Ok(outcomes)
 }
 
-/// Runs a run's `MigrateSchema` job for `schema_name` and records how it
-/// ended; finishes the run when it was the last open schema.
+/// The CTEs that record a group's schemas as migrated in run `run_id`, and,
+/// for a run of one schema, the tenant's history event.
+fn write_migrated_outcome(
+    script: &mut Script,
+    run_id: i64,
+    applied: &[i32],
+    targets: &[Target<'_>],
+    scope: &str,
+    actor: &str,
+) {
+    script.sql("outcome AS (\n UPDATE public.provision_migration_run_schema\n SET state = 'migrated', applied = ARRAY[");
+    script.join(applied, ", ", |s, v| {
+        s.int(i64::from(*v));
+    });
+    script.sql("]::integer[], error = NULL, updated_at = now()\n WHERE run_id = ");
+    script
+        .int(run_id)
+        .sql(" AND state = 'queued' AND schema_name IN (");
+    script.join(targets, ", ", |s, t| {
+        s.text(t.name);
+    });
+    script.sql("))");
+    if scope == "schema" {
+        let detail = format!(
+            "applied {applied:?}, now at {}",
+            applied.last().copied().unwrap_or_default()
+        );
+        script.sql(",\nevent AS (\n INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, detail, actor)\n SELECT schema_name, state, state, 'migrate_schema', 1, ");
+        script.text(&detail).sql(", ").text(actor);
+        script.sql(" FROM public.provision_tenant WHERE schema_name IN (");
+        script.join(targets, ", ", |s, t| {
+            s.text(t.name);
+        });
+        script.sql("))");
+    }
+}
+
+/// The checked way for one queued schema of a run: [`migrate_schema`], then
+/// its outcome recorded (and the run finished when it was its last open
+/// schema). A transient error puts the schema back to pending after the
+/// retry policy's delay.
 async fn migrate_run_schema(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     migrations: &TenantMigrations,
     run_id: i64,
-    schema_name: &str,
-    max_attempts: i32,
+    queued: &QueuedSchema,
+    policy: RetryPolicy,
+    actor: &str,
 ) -> Result<SchemaOutcome, ProvisionError> {
-    let row: Option<(i32, i32)> = sqlx::query_as(
-        "SELECT s.attempt, r.target_version FROM public.provision_migration_run_schema s
-         JOIN public.provision_migration_run r ON r.id = s.run_id
-         WHERE s.run_id = $1 AND s.schema_name = $2 AND s.state = 'queued'",
-    )
-    .bind(run_id)
-    .bind(schema_name)
-    .fetch_optional(pool)
-    .await?;
-    let Some((attempt, target)) = row else {
-        return Ok(SchemaOutcome::NotQueued);
+    let target = queued.target_version;
+    let schema = Ident::tenant_schema(&queued.schema_name)?;
+    let (outcome, delay_ms) = match migrate_schema(conn, migrations, &schema).await {
+        Ok(SchemaMigrated { version, .. }) if version < target => (
+            SchemaOutcome::Failed(format!(
+                "this worker knows tenant migrations up to {version}, the run targets {target}: upgrade the worker"
+            )),
+            0,
+        ),
+        Ok(SchemaMigrated { applied, .. }) if applied.is_empty() => (SchemaOutcome::Current, 0),
+        Ok(SchemaMigrated { applied, .. }) => (SchemaOutcome::Migrated(applied), 0),
+        Err(e) => match policy.after(queued.attempt, &e) {
+            Next::GiveUp(message) => (SchemaOutcome::Failed(message), 0),
+            Next::RetryAfter(delay_ms) => (SchemaOutcome::Retrying(e.to_string()), delay_ms),
+        },
     };
-    let outcome = match migrate_schema(pool, migrations, schema_name).await {
-        Ok(SchemaMigrated { version, .. }) if version < target => SchemaOutcome::Failed(format!(
-            "this worker knows tenant migrations up to {version}, the run targets {target}: upgrade the worker"
-        )),
-        Ok(SchemaMigrated { applied, .. }) if applied.is_empty() => SchemaOutcome::Current,
-        Ok(SchemaMigrated { applied, .. }) => SchemaOutcome::Migrated(applied),
-        Err(e) if e.is_permanent() || attempt >= max_attempts => SchemaOutcome::Failed(e.to_string()),
-        Err(e) => SchemaOutcome::Retrying(e.to_string()),
-    };
-    let (state, applied, error, delay_ms) = match &outcome {
-        SchemaOutcome::Migrated(applied) => ("migrated", applied.clone(), None, 0),
-        SchemaOutcome::Current => ("current", Vec::new(), None, 0),
-        SchemaOutcome::Failed(e) => ("failed", Vec::new(), Some(e.clone()), 0),
-        SchemaOutcome::Retrying(e) => ("pending", Vec::new(), Some(e.clone()), retry_delay_ms(attempt)),
+    let (state, applied, error, detail) = match &outcome {
+        SchemaOutcome::Migrated(applied) => (
+            "migrated",
+            applied.clone(),
+            None,
+            Some(format!(
+                "applied {applied:?}, now at {}",
+                applied.last().copied().unwrap_or_default()
+            )),
+        ),
+        SchemaOutcome::Current => ("current", Vec::new(), None, Some("already current".to_owned())),
+        SchemaOutcome::Failed(e) => ("failed", Vec::new(), Some(e.clone()), None),
+        SchemaOutcome::Retrying(e) => ("pending", Vec::new(), Some(e.clone()), None),
         SchemaOutcome::NotQueued => return Ok(outcome),
     };
     sqlx::query(
@@ -445,7 +492,12 @@ async fn migrate_run_schema(
              SET state = $3, applied = $4, error = $5, updated_at = now(),
                  not_before = now() + make_interval(secs => $6)
              WHERE run_id = $1 AND schema_name = $2 AND state = 'queued'
-             RETURNING run_id)
+             RETURNING run_id),
+         event AS (
+             INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, error, detail, actor)
+             SELECT t.schema_name, t.state, t.state, 'migrate_schema', $9, $5, $7, $8
+             FROM public.provision_tenant t
+             WHERE t.schema_name = $2 AND $10 = 'schema' AND $3 <> 'pending' AND EXISTS (SELECT 1 FROM ended))
          UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
          WHERE r.id = $1 AND r.state = 'running' AND EXISTS (SELECT 1 FROM ended)
            AND NOT EXISTS (
@@ -455,12 +507,16 @@ async fn migrate_run_schema(
            AND $3 <> 'pending'",
     )
     .bind(run_id)
-    .bind(schema_name)
+    .bind(&queued.schema_name)
     .bind(state)
     .bind(&applied)
     .bind(error)
     .bind(delay_ms as f64 / 1000.0)
-    .execute(pool)
+    .bind(detail)
+    .bind(actor)
+    .bind(queued.attempt)
+    .bind(&queued.scope)
+    .execute(&mut *conn)
     .await?;
     Ok(outcome)
 }
@@ -591,7 +647,7 @@ pub async fn retry_failed_migration(
         .await;
         if let Err(e) = reopened {
             return Err(match violated_constraint(&e) {
-                Some("provision_migration_run_one_running") => ProvisionError::WrongState(
+                Some(constraint::ONE_RUNNING_RUN) => ProvisionError::WrongState(
                     "another migrate-all run is in progress: retry once it has finished".into(),
                 ),
                 _ => e.into(),
@@ -600,13 +656,4 @@ pub async fn retry_failed_migration(
     }
     tx.commit().await?;
     Ok(rows)
-}
-
-/// The run in progress, if any, else the latest.
-pub async fn current_run(pool: &PgPool) -> Result<Option<i64>, ProvisionError> {
-    Ok(sqlx::query_scalar(
-        "SELECT id FROM public.provision_migration_run ORDER BY (state = 'running') DESC, id DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::error::ProvisionError;
-use crate::ident::advisory_key;
+use crate::locks::advisory_key;
 
 /// Tenants to push a `CreateTenant` job for, at most `limit`: those never
 /// pushed (the queue was full when they were requested), and those in a

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::error::ProvisionError;
-use crate::ident::schema_sql;
+use crate::sql::{Ident, Marker, Script};
 use crate::state::TenantState;
 
 /// The state shown for a tenant that exists in `tenants_client` but was not
@@ -147,14 +147,21 @@ pub async fn tenant_status(
     .fetch_all(pool)
     .await?;
     let (buildings, users) = if row.has_tables && schema_name != "public" {
-        let (b, u): (i64, i64) = sqlx::query_as(schema_sql(
-            "SELECT (SELECT count(*) FROM {schema}.buildings_building),
-                    (SELECT count(*) FROM {schema}.users_customuser)",
-            schema_name,
-        ))
-        .fetch_one(pool)
-        .await?;
-        (Some(b), Some(u))
+        let schema = Ident::tenant_schema(schema_name)?;
+        let mut script = Script::new();
+        let buildings: Marker<i64> = script.marker(|s| {
+            s.sql("(SELECT count(*) FROM ")
+                .ident(&schema)
+                .sql(".buildings_building)");
+        });
+        let users: Marker<i64> = script.marker(|s| {
+            s.sql("(SELECT count(*) FROM ")
+                .ident(&schema)
+                .sql(".users_customuser)");
+        });
+        let mut conn = pool.acquire().await?;
+        let output = script.finish()?.run(&mut conn).await.map_err(|f| f.error)?;
+        (output.get(buildings).transpose()?, output.get(users).transpose()?)
     } else {
         (None, None)
     };

@@ -326,8 +326,11 @@ impl TestEnv {
         let dir = self.dir.join("tenant-migrations");
         std::fs::create_dir_all(&dir).expect("migrations folder");
         for m in provision_shared::migrate::TenantMigrations::embedded().all() {
-            std::fs::write(dir.join(format!("{:04}_{}.sql", m.version, m.name)), &m.sql)
-                .expect("write migration");
+            std::fs::write(
+                dir.join(format!("{:04}_{}.sql", m.version, m.name)),
+                m.sql.as_str(),
+            )
+            .expect("write migration");
         }
         for (file, sql) in extra {
             std::fs::write(dir.join(file), sql).expect("write migration");

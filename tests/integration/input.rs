@@ -286,9 +286,10 @@ mod hostile {
 /// markers is stored exactly as given, and nothing else is touched.
 #[tokio::test]
 async fn a_tenant_name_full_of_sql_metacharacters_is_stored_exactly() {
+    use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
     use provision_shared::migrate::TenantMigrations;
     use provision_shared::password::django_argon2_hash;
-    use provision_shared::provision::{JobEnv, JobOutcome, TenantRequest, record_request, run_create_tenant};
+    use provision_shared::request::{TenantRequest, record_request};
     use provision_shared::state::TenantState;
     let env = TestEnv::new("literal").await;
     let name = r#"O'Brien \' \\ $$; DROP TABLE tenants_client; -- /* "Κτίριο" E'\x41' $tag$"#;
@@ -308,7 +309,7 @@ async fn a_tenant_name_full_of_sql_metacharacters_is_stored_exactly() {
         sink: &crate::provisioning::NoQueue,
         migrations: &migrations,
         actor: "worker 'quoted' \\ actor",
-        max_attempts: 8,
+        policy: provision_shared::retry::RetryPolicy { max_attempts: 8 },
     };
     assert_eq!(
         run_create_tenant(&job, "literal_theo").await.unwrap(),

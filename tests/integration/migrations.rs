@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::password::django_argon2_hash;
-use provision_shared::provision::{JobEnv, JobOutcome, TenantRequest, record_request, run_create_tenant};
+use provision_shared::request::{TenantRequest, record_request};
 use provision_shared::state::TenantState;
 
 use crate::helpers::TestEnv;
@@ -32,7 +33,7 @@ async fn ready_tenants(env: &TestEnv, prefix: &str, n: usize) -> Vec<String> {
                 sink: &NoQueue,
                 migrations: &migrations,
                 actor: "test",
-                max_attempts: 8,
+                policy: provision_shared::retry::RetryPolicy { max_attempts: 8 },
             };
             for schema in chunk {
                 let request = TenantRequest {
@@ -384,7 +385,8 @@ async fn a_tick_missed_while_no_worker_ran_is_run_at_the_next_start() {
 #[tokio::test]
 async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_exactly() {
     use provision_shared::migrate_all::{
-        RunStart, RunTrigger, SCHEMAS_PER_TRANSACTION, SchemaOutcome, migrate_run_schemas, start_run,
+        RunScope, RunStart, RunTrigger, SCHEMAS_PER_TRANSACTION, SchemaOutcome, migrate_run_schemas,
+        start_run,
     };
     let mut env = TestEnv::new("migbatch").await;
     // The tampered schema inside the first group, the stale one after the
@@ -402,7 +404,7 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_ex
     .unwrap();
     let set =
         TenantMigrations::from_dir(&env.use_tenant_migrations(&[("0002_notes.sql", ADD_NOTES)])).unwrap();
-    let RunStart::Started(run_id) = start_run(&env.pool, RunTrigger::Operator, "test", 2)
+    let RunStart::Started(run_id) = start_run(&env.pool, RunTrigger::Operator, RunScope::All, "test", 2)
         .await
         .unwrap()
     else {
@@ -419,9 +421,16 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_tampered_or_stale_one_ex
     .await
     .unwrap();
 
-    let outcomes = migrate_run_schemas(&env.pool, &set, run_id, &names, 8)
-        .await
-        .unwrap();
+    let outcomes = migrate_run_schemas(
+        &env.pool,
+        &set,
+        run_id,
+        &names,
+        provision_shared::retry::RetryPolicy { max_attempts: 8 },
+        "test",
+    )
+    .await
+    .unwrap();
 
     assert_eq!(outcomes.len(), count);
     for (name, (schema, outcome)) in names.iter().zip(&outcomes) {

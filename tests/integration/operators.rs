@@ -443,14 +443,14 @@ async fn status_and_list_answer_the_guides_questions() {
     request_tenant(&env, "beta");
     // Days remaining, counted across month (and year) boundaries.
     let migrations = provision_shared::migrate::TenantMigrations::embedded();
-    let job = provision_shared::provision::JobEnv {
+    let job = provision_shared::create_tenant::JobEnv {
         pool: &env.pool,
         sink: &crate::provisioning::NoQueue,
         migrations: &migrations,
         actor: "test",
-        max_attempts: 8,
+        policy: provision_shared::retry::RetryPolicy { max_attempts: 8 },
     };
-    provision_shared::provision::run_create_tenant_steps(&job, "alpha", 1)
+    provision_shared::create_tenant::run_create_tenant_steps(&job, "alpha", 1)
         .await
         .unwrap();
     let date = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();

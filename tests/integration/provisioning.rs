@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use provision_queue::RedisQueue;
+use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant, run_create_tenant_steps};
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
 use provision_shared::migrate::TenantMigrations;
 use provision_shared::password::{django_argon2_hash, verify_django_argon2};
-use provision_shared::provision::{
-    JobEnv, JobOutcome, Recorded, TenantRequest, record_request, run_create_tenant, run_create_tenant_steps,
-};
+use provision_shared::request::{Recorded, TenantRequest, record_request};
 use provision_shared::state::TenantState;
 
 use crate::helpers::{TestEnv, guide_tenant_args, redis_url, strs};
@@ -378,7 +377,7 @@ async fn resuming_after_each_step_ends_in_the_same_ready_tenant() {
         sink: &NoQueue,
         migrations: &migrations,
         actor: "test",
-        max_attempts: 8,
+        policy: provision_shared::retry::RetryPolicy { max_attempts: 8 },
     };
     for stop_after in 0..=5usize {
         let schema = format!("resume_{stop_after}");
@@ -465,7 +464,7 @@ async fn many_jobs_racing_on_one_tenant_run_each_step_once() {
                 sink: &NoQueue,
                 migrations: &migrations,
                 actor: "racer",
-                max_attempts: 8,
+                policy: provision_shared::retry::RetryPolicy { max_attempts: 8 },
             };
             run_create_tenant(&job, "raced").await
         });

@@ -9,13 +9,16 @@ use apalis_core::error::{AbortError, BoxDynError};
 use apalis_core::task::attempt::Attempt;
 use apalis_core::task::data::Data;
 use apalis_core::task::task_id::TaskId;
-use provision_shared::jobs::{CreateTenant, JobKind, MigrateSchema, SeedDemoData};
-use provision_shared::migrate::TenantMigrations;
-use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schemas, migrate_tenant};
-use provision_shared::operator::record_rejected_job;
-use provision_shared::provision::{
-    JobEnv, JobOutcome, SeedOutcome, mark_demo_data_failed, run_create_tenant, run_seed_demo_data,
+use provision_queue::RedisQueue;
+use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
+use provision_shared::demo_data::{SeedOutcome, run_seed_demo_data};
+use provision_shared::jobs::{
+    CreateTenant, JobKind, JobRequest, JobSink, MigrateSchema, Payload, SeedDemoData,
 };
+use provision_shared::migrate::TenantMigrations;
+use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schemas};
+use provision_shared::operator::record_rejected_job;
+use provision_shared::retry::{RetryPolicy, backoff_ms};
 use provision_shared::{ProvisionError, TenantState, validate};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -23,7 +26,6 @@ use sqlx::PgPool;
 use tracing::Instrument;
 
 use crate::metrics::{JobResult, Metrics};
-use provision_queue::RedisQueue;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -39,8 +41,8 @@ pub struct WorkerState {
     pub migrations: TenantMigrations,
     /// This process's unique name, recorded as the actor of transitions.
     pub name: String,
-    /// Executions of a step before its tenant is failed.
-    pub max_attempts: i32,
+    /// The one retry policy of every job kind.
+    pub policy: RetryPolicy,
     /// Job counters and step timings.
     pub metrics: Arc<Metrics>,
 }
@@ -94,38 +96,6 @@ impl JobPools {
     }
 }
 
-/// What every payload carries.
-trait Payload {
-    fn schema_name(&self) -> &str;
-
-    /// Further schemas the job is for.
-    fn more_schema_names(&self) -> &[String] {
-        &[]
-    }
-}
-
-impl Payload for CreateTenant {
-    fn schema_name(&self) -> &str {
-        &self.schema_name
-    }
-}
-
-impl Payload for SeedDemoData {
-    fn schema_name(&self) -> &str {
-        &self.schema_name
-    }
-}
-
-impl Payload for MigrateSchema {
-    fn schema_name(&self) -> &str {
-        &self.schema_name
-    }
-
-    fn more_schema_names(&self) -> &[String] {
-        &self.more_schema_names
-    }
-}
-
 /// The handlers' shared state, as apalis hands it over.
 pub type State = Data<Arc<WorkerState>>;
 
@@ -140,10 +110,17 @@ async fn parse<T: DeserializeOwned + Payload>(
     let parsed = serde_json::from_value::<T>(args.clone())
         .map_err(|e| e.to_string())
         .and_then(|job| {
+            if job.version() != T::VERSION {
+                return Err(format!(
+                    "payload version {} is not {}, the one this worker reads",
+                    job.version(),
+                    T::VERSION
+                ));
+            }
             // A payload naming an impossible schema is as unreadable as one
             // that does not parse: no handler may touch it.
-            std::iter::once(job.schema_name())
-                .chain(job.more_schema_names().iter().map(String::as_str))
+            job.schema_names()
+                .into_iter()
                 .try_for_each(validate::schema_name)
                 .map(|()| job)
                 .map_err(|e| e.to_string())
@@ -167,16 +144,34 @@ async fn parse<T: DeserializeOwned + Payload>(
     }
 }
 
-/// What the library should do with an error that escaped the handler:
-/// nothing more for a permanent one (it is recorded), its own retry for a
-/// transient one (PostgreSQL was not there to record anything).
-fn escape(error: ProvisionError) -> BoxDynError {
+/// What becomes of a job whose error escaped its handler. A permanent one
+/// is recorded, or was refused before anything was done: the job ends. A
+/// transient one came before the attempt could be counted in PostgreSQL
+/// (the database was away): the job is pushed again after the retry
+/// policy's delay for this delivery, so the one policy holds here too. Only
+/// if that push fails as well does the queue library keep the job for its
+/// own retry; PostgreSQL still knows what is owed, and the reconciler
+/// pushes it once both are back.
+async fn escape(
+    state: &WorkerState,
+    error: ProvisionError,
+    delivery: usize,
+    mut again: JobRequest,
+) -> Result<(), BoxDynError> {
     if error.is_permanent() {
         tracing::error!(error = %error, "job failed permanently");
-        Box::new(AbortError::new(error))
-    } else {
-        tracing::warn!(error = %error, "job failed before it could record anything; the queue will retry it");
-        Box::new(error)
+        return Err(Box::new(AbortError::new(error)));
+    }
+    again.delay_ms = backoff_ms(i32::try_from(delivery).unwrap_or(i32::MAX));
+    match state.queue.push(again).await {
+        Ok(id) => {
+            tracing::warn!(error = %error, retry_job_id = %id, "job failed before it could record anything; pushed again");
+            Ok(())
+        }
+        Err(push) => {
+            tracing::warn!(error = %error, push_error = %push, "job failed before it could record anything, and could not be pushed again; the queue library keeps it");
+            Err(Box::new(error))
+        }
     }
 }
 
@@ -214,7 +209,7 @@ pub async fn create_tenant(
             sink: &state.queue,
             migrations: &state.migrations,
             actor: &state.name,
-            max_attempts: state.max_attempts,
+            policy: state.policy,
         };
         let result = run_create_tenant(&env, &job.schema_name).await;
         let counted = match &result {
@@ -234,7 +229,15 @@ pub async fn create_tenant(
                 tracing::info!(?outcome, "job ended");
                 Ok(())
             }
-            Err(e) => Err(escape(e)),
+            Err(e) => {
+                escape(
+                    &state,
+                    e,
+                    attempt.current(),
+                    JobRequest::now(JobKind::CreateTenant, &job.schema_name),
+                )
+                .await
+            }
         }
     }
     .instrument(span)
@@ -262,29 +265,36 @@ pub async fn seed_demo_data(
     );
     async {
         let pool = state.job_pools.get(JobKind::SeedDemoData);
-        let result = run_seed_demo_data(pool, &job.schema_name, &state.name).await;
-        state.metrics.job(JobKind::SeedDemoData, counted(&result));
-        // Given up: a permanent error, or the last of the attempts.
-        if let Err(e) = &result
-            && (e.is_permanent() || attempt.current() >= usize::try_from(state.max_attempts).unwrap_or(8))
-        {
-            tracing::warn!(error = %e, "seeding demo data failed");
-            mark_demo_data_failed(pool, &job.schema_name, &e.to_string(), &state.name)
-                .await
-                .map_err(escape)?;
-            return Ok(());
-        }
+        let result =
+            run_seed_demo_data(pool, &state.queue, &job.schema_name, &state.name, state.policy).await;
+        let counted = match &result {
+            Ok(SeedOutcome::Failed(_)) => JobResult::Failed,
+            Ok(SeedOutcome::RetryScheduled { .. }) => JobResult::Retried,
+            other => counted(other),
+        };
+        state.metrics.job(JobKind::SeedDemoData, counted);
         match result {
-            Ok(SeedOutcome::Seeded) => {
-                tracing::info!("demo data seeded");
-                Ok(())
+            Ok(SeedOutcome::Seeded) => tracing::info!("demo data seeded"),
+            Ok(SeedOutcome::AlreadySeeded) => tracing::info!("demo data already there"),
+            Ok(SeedOutcome::RetryScheduled {
+                attempt,
+                delay_ms,
+                error,
+            }) => {
+                tracing::warn!(attempt, delay_ms, %error, "seeding demo data will be retried")
             }
-            Ok(SeedOutcome::AlreadySeeded) => {
-                tracing::info!("demo data already there");
-                Ok(())
+            Ok(SeedOutcome::Failed(error)) => tracing::warn!(%error, "seeding demo data failed"),
+            Err(e) => {
+                return escape(
+                    &state,
+                    e,
+                    attempt.current(),
+                    JobRequest::now(JobKind::SeedDemoData, &job.schema_name),
+                )
+                .await;
             }
-            Err(e) => Err(escape(e)),
         }
+        Ok(())
     }
     .instrument(span)
     .await
@@ -310,53 +320,43 @@ pub async fn migrate_schema_job(
         delivery = attempt.current()
     );
     async {
-        if let Some(run_id) = job.run_id {
-            let mut schema_names = vec![job.schema_name.clone()];
-            schema_names.extend(job.more_schema_names.iter().cloned());
-            let result = migrate_run_schemas(
-                state.job_pools.get(JobKind::MigrateSchema),
-                &state.migrations,
-                run_id,
-                &schema_names,
-                state.max_attempts,
-            )
-            .await;
-            state.metrics.job(JobKind::MigrateSchema, counted(&result));
-            for (schema_name, outcome) in result.map_err(escape)? {
-                match &outcome {
-                    SchemaOutcome::Failed(error) => {
-                        tracing::warn!(run_id, schema_name, %error, "schema migration failed")
-                    }
-                    SchemaOutcome::Retrying(error) => {
-                        tracing::warn!(run_id, schema_name, %error, "schema migration will be retried")
-                    }
-                    SchemaOutcome::NotQueued => {
-                        tracing::info!(
-                            run_id,
-                            schema_name,
-                            "schema no longer queued in its run (a duplicate job): skipped"
-                        )
-                    }
-                    other => tracing::info!(run_id, schema_name, outcome = ?other, "schema migrated"),
-                }
-            }
-            return Ok(());
-        }
-        let pool = state.job_pools.get(JobKind::MigrateSchema);
-        let result = migrate_tenant(pool, &state.migrations, &job.schema_name, &state.name).await;
+        let schema_names: Vec<String> = job.schema_names().into_iter().map(str::to_owned).collect();
+        let run_id = job.run_id;
+        let result = migrate_run_schemas(
+            state.job_pools.get(JobKind::MigrateSchema),
+            &state.migrations,
+            run_id,
+            &schema_names,
+            state.policy,
+            &state.name,
+        )
+        .await;
         state.metrics.job(JobKind::MigrateSchema, counted(&result));
-        match result {
-            Ok(done) => {
-                tracing::info!(applied = ?done.applied, version = done.version, "schema migrated");
-                Ok(())
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let mut again = JobRequest::migrate(run_id, &job.schema_name);
+                again.more_schema_names = job.more_schema_names.clone();
+                return escape(&state, e, attempt.current(), again).await;
             }
-            // Recorded in the tenant's history.
-            Err(e) if e.is_permanent() => {
-                tracing::warn!(error = %e, "schema migration failed");
-                Ok(())
+        };
+        for (schema_name, outcome) in outcomes {
+            match &outcome {
+                SchemaOutcome::Failed(error) => {
+                    tracing::warn!(run_id, schema_name, %error, "schema migration failed")
+                }
+                SchemaOutcome::Retrying(error) => {
+                    tracing::warn!(run_id, schema_name, %error, "schema migration will be retried")
+                }
+                SchemaOutcome::NotQueued => tracing::info!(
+                    run_id,
+                    schema_name,
+                    "schema no longer queued in its run (a duplicate job): skipped"
+                ),
+                other => tracing::info!(run_id, schema_name, outcome = ?other, "schema migrated"),
             }
-            Err(e) => Err(escape(e)),
         }
+        Ok(())
     }
     .instrument(span)
     .await

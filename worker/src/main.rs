@@ -108,7 +108,9 @@ async fn main() -> ExitCode {
         namespace: cli.connection.namespace,
         concurrency: usize::from(cli.concurrency),
         heartbeat: cli.heartbeat_ms.map(Duration::from_millis),
-        max_attempts: cli.max_attempts,
+        policy: provision_shared::retry::RetryPolicy {
+            max_attempts: cli.max_attempts,
+        },
         migrations,
     };
     match run_worker(settings, shutdown_signal()).await {

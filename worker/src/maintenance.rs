@@ -12,8 +12,8 @@ use std::time::Duration;
 use provision_shared::ProvisionError;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
 use provision_shared::migrate_all::dispatch;
-use provision_shared::provision::note_job_id;
 use provision_shared::reconcile::{demo_data_to_requeue, tenants_to_requeue};
+use provision_shared::request::note_job_id;
 use tokio::sync::watch;
 
 use crate::handlers::WorkerState;

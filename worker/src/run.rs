@@ -150,8 +150,8 @@ pub struct WorkerSettings {
     /// The job loops' heartbeat, when not each queue's own (see
     /// [`provision_queue::layout::heartbeat`]).
     pub heartbeat: Option<Duration>,
-    /// Executions of a step before its tenant is failed.
-    pub max_attempts: i32,
+    /// The one retry policy of every job kind.
+    pub policy: provision_shared::retry::RetryPolicy,
     /// Tenant migrations to apply.
     pub migrations: TenantMigrations,
     /// When the nightly migrate-all fires (`None`: never).
@@ -235,7 +235,7 @@ pub async fn run_worker(
         queue: queue.clone(),
         migrations: settings.migrations.clone(),
         name: name.clone(),
-        max_attempts: settings.max_attempts,
+        policy: settings.policy,
         metrics: settings.metrics.clone(),
     });
     if let Some(addr) = settings.metrics_addr {

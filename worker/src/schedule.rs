@@ -11,7 +11,7 @@ use apalis_cron::Tick;
 use chrono::{DateTime, Duration, Utc};
 use cron::Schedule;
 use provision_shared::ProvisionError;
-use provision_shared::migrate_all::{RunStart, RunTrigger, dispatch, start_run};
+use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, start_run};
 
 use crate::handlers::WorkerState;
 
@@ -43,6 +43,7 @@ pub async fn run_for_tick(state: &WorkerState, tick: DateTime<Utc>) -> Result<Ru
     let started = start_run(
         &state.pool,
         RunTrigger::Cron(tick),
+        RunScope::All,
         &state.name,
         state.migrations.latest(),
     )
