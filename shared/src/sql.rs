@@ -420,6 +420,49 @@ mod tests {
         assert!(Ident::database("").is_err());
     }
 
+    /// Every `.rs` file of the workspace's crates (tests aside) but this one.
+    fn sources() -> Vec<(std::path::PathBuf, String)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut found = Vec::new();
+        let mut dirs: Vec<std::path::PathBuf> = ["shared", "queue", "worker", "enqueue-cli", "bench"]
+            .iter()
+            .map(|c| root.join(c).join("src"))
+            .collect();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("source folder").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("shared/src/sql.rs")
+                {
+                    let text = std::fs::read_to_string(&path).expect("source file");
+                    found.push((path, text));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn no_other_source_file_makes_sql_text() {
+        let sources = sources();
+        assert!(sources.len() > 20, "the sources were not found");
+        for (path, text) in sources {
+            assert!(
+                !text.contains("AssertSqlSafe"),
+                "{}: SQL text made outside sql.rs",
+                path.display()
+            );
+            for (i, _) in text.match_indices("raw_sql(") {
+                assert!(
+                    text[i + "raw_sql(".len()..].starts_with('"'),
+                    "{}: raw_sql of text that is not a literal",
+                    path.display()
+                );
+            }
+        }
+    }
+
     #[test]
     fn markers_are_named_by_the_script_tag_and_their_position() {
         let mut script = Script::new();

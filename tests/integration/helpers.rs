@@ -344,9 +344,15 @@ impl TestEnv {
 
     /// Starts `provision` with `args`, its standard streams piped.
     pub fn spawn_provision(&self, args: &[&str]) -> Child {
+        self.spawn_provision_with(args, &[])
+    }
+
+    /// [`TestEnv::spawn_provision`] with `extra` environment variables.
+    pub fn spawn_provision_with(&self, args: &[&str], extra: &[(&str, &str)]) -> Child {
         Command::new(binary("provision"))
             .args(args)
             .envs(self.env_vars())
+            .envs(extra.iter().map(|(k, v)| (*k, *v)))
             .env_remove("LOG_FORMAT")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -499,6 +505,34 @@ impl TestEnv {
             if start.elapsed() >= timeout {
                 panic!(
                     "tenant {schema} is {now:?}, not {state}, after {timeout:?}\n{}",
+                    self.diagnosis().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until no job of `kind` is waiting, scheduled or in flight in
+    /// this test's namespace: every job pushed so far has ended.
+    pub async fn wait_queue_drained(&self, kind: provision_shared::jobs::JobKind, timeout: Duration) {
+        let queue = provision_queue::RedisQueue::connect(&self.redis_url, &self.namespace)
+            .await
+            .expect("connect to Redis");
+        let start = Instant::now();
+        loop {
+            let depth = queue.depth_by_status(kind).await.expect("queue depth");
+            let open: u64 = depth
+                .iter()
+                .filter(|(status, _)| *status != "dead")
+                .map(|(_, n)| n)
+                .sum();
+            if open == 0 {
+                return;
+            }
+            if start.elapsed() >= timeout {
+                panic!(
+                    "the {} queue still holds {depth:?} after {timeout:?}\n{}",
+                    kind.name(),
                     self.diagnosis().await
                 );
             }

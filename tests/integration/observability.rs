@@ -54,14 +54,25 @@ async fn metrics_move_by_the_right_amounts_and_healthz_follows_redis() {
         "{during}"
     );
 
-    // Held at the gate for a second more: the migrate step's recorded
-    // duration must cover it.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Held at the gate for a second more, while the in-flight figures stay
+    // as they are: the migrate step's recorded duration must cover it.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(1) {
+        let (_, still) = http_get(&addr, "/metrics");
+        assert_eq!(
+            metric(&still, "provision_jobs_succeeded_total", "job=\"create_tenant\""),
+            0.0,
+            "{still}"
+        );
+        assert_eq!(metric(&still, "provision_tenants", "state=\"ready\""), 0.0);
+    }
     gate.open().await;
     env.wait_for_state("metered", "ready", Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, after) = http_get(&addr, "/metrics");
+    // The job's counter moves once its handler returns, after the commit.
+    let after = scrape_until(&addr, Duration::from_secs(30), |m| {
+        metric(m, "provision_jobs_succeeded_total", "job=\"create_tenant\"") >= 1.0
+    });
     assert_eq!(
         metric(&after, "provision_jobs_started_total", "job=\"create_tenant\""),
         1.0
@@ -118,6 +129,19 @@ async fn metrics_move_by_the_right_amounts_and_healthz_follows_redis() {
     }
 }
 
+/// Scrapes `/metrics` until `done` says so, and returns that scrape.
+fn scrape_until(addr: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (_, body) = http_get(addr, "/metrics");
+        if done(&body) {
+            return body;
+        }
+        assert!(start.elapsed() < timeout, "the metrics never got there:\n{body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_with_the_transition_fields() {
     let env = TestEnv::new("jsonlogs").await;
@@ -130,7 +154,17 @@ async fn json_logs_are_one_object_per_line_with_the_transition_fields() {
         "--wait".into(),
     ]);
     env.provision(&strs(&args)).expect_code(0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The transitions are logged as the steps' script returns, before the
+    // tenant reads ready to the client or not long after: wait for the five.
+    let start = Instant::now();
+    while worker.log_text().matches("\"transition\"").count() < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "five transitions never logged:\n{}",
+            worker.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let log = worker.log_text();
     let mut transitions = Vec::new();
     for line in log.lines() {

@@ -294,8 +294,9 @@ async fn double_enqueue_gives_one_tenant_and_the_second_job_ends_cleanly() {
     }
     let worker = env.start_worker(&[]).await;
     env.wait_for_state("theo", "ready", WAIT).await;
-    // Let the extra jobs run out.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every extra job has run out (one that found the tenant busy pushed
+    // itself again, and ended once it found it ready).
+    env.wait_queue_drained(JobKind::CreateTenant, WAIT).await;
     assert_eq!(env.tenant_counts("theo").await, (1, 1, 1, 1));
     let transitions: Vec<String> = sqlx::query_scalar(
         "SELECT step FROM provision_event WHERE schema_name = 'theo' AND from_state IS DISTINCT FROM to_state ORDER BY id",
@@ -508,9 +509,21 @@ async fn the_worker_stops_on_sigterm_with_exit_0() {
 #[tokio::test]
 async fn a_push_wakes_an_idle_worker_without_waiting_for_its_heartbeat() {
     let env = TestEnv::new("wake").await;
+    let monitor = crate::servers::RedisMonitor::start(&redis_url());
     let _worker = env.start_worker(&[("PROVISION_HEARTBEAT_MS", "60000")]).await;
-    // Let every job loop make its first, empty, fetch and go idle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The CreateTenant loop has fetched at start and looked again after
+    // the wake-up every start raises, finding nothing each time: from now
+    // on it is idle until a push wakes it or its heartbeat, a minute on.
+    let last_look =
+        provision_worker::wake::LOOK_AGAIN_AFTER[provision_worker::wake::LOOK_AGAIN_AFTER.len() - 1];
+    monitor.wait_for_span(
+        &[
+            "\"EVALSHA\"",
+            &format!("\"{}:create_tenant:data\"", env.namespace),
+        ],
+        last_look,
+        Duration::from_secs(30),
+    );
     crate::helpers::request_tenant(&env, "wake_theo");
     env.wait_for_state("wake_theo", "ready", Duration::from_secs(30))
         .await;

@@ -137,7 +137,7 @@ async fn a_job_delivered_to_two_workers_at_once_has_the_effect_of_one() {
     let _a = env.start_worker(&[]).await;
     let _b = env.start_worker(&[]).await;
     wait_all_ready(&env, &names, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.wait_queue_drained(JobKind::CreateTenant, WAIT).await;
     assert_made_once(&env, &names).await;
 }
 
@@ -151,7 +151,7 @@ async fn sigterm_lets_the_running_step_finish_and_exits_0() {
     env.wait_at_gate(1, WAIT).await;
     worker.signal("TERM");
     // Stopping, the worker waits for its running step.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.wait_for_log("SIGTERM: stopping", WAIT).await;
     assert!(
         worker.child_alive(),
         "the worker exited with a step running:\n{}",
@@ -441,7 +441,6 @@ async fn a_job_that_crashes_its_worker_counts_as_an_attempt_and_ends_failed() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
         worker.signal("KILL");
         worker.wait_exit(Duration::from_secs(10)).await;
     }

@@ -220,3 +220,77 @@ pub fn metric(body: &str, name: &str, labels: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Every command a Redis server receives, as `redis-cli monitor` prints
+/// them, collected while the monitor lives: a test can wait until a
+/// worker's job loop has made a given call.
+pub struct RedisMonitor {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RedisMonitor {
+    /// Starts monitoring the Redis at `url` (`redis://host:port`).
+    pub fn start(url: &str) -> Self {
+        let authority = url.trim_start_matches("redis://").trim_end_matches('/');
+        let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "6379"));
+        let mut child = Command::new("redis-cli")
+            .args(["-h", host, "-p", port, "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-cli monitor");
+        let stdout = child.stdout.take().expect("monitor output");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().expect("monitor lines").push(line);
+            }
+        });
+        let monitor = Self { child, lines };
+        wait_until("redis-cli monitor", Duration::from_secs(10), || {
+            monitor
+                .lines
+                .lock()
+                .expect("monitor lines")
+                .iter()
+                .any(|l| l == "OK")
+        });
+        monitor
+    }
+
+    /// When (server time, seconds) each command whose line contains every
+    /// one of `parts` was received.
+    fn times_of(&self, parts: &[&str]) -> Vec<f64> {
+        self.lines
+            .lock()
+            .expect("monitor lines")
+            .iter()
+            .filter(|line| parts.iter().all(|p| line.contains(p)))
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// Waits until commands containing every one of `parts` have been
+    /// received over at least `span`: the first and the latest of them that
+    /// far apart.
+    pub fn wait_for_span(&self, parts: &[&str], span: Duration, timeout: Duration) {
+        wait_until(
+            &format!("Redis commands with {parts:?} over {span:?}"),
+            timeout,
+            || {
+                let times = self.times_of(parts);
+                matches!((times.first(), times.last()), (Some(a), Some(b)) if b - a >= span.as_secs_f64())
+            },
+        );
+    }
+}
+
+impl Drop for RedisMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

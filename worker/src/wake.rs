@@ -55,7 +55,7 @@ struct Flag {
 /// is on its way to Redis is taken by that fetch, which may have read the
 /// queue just before the job landed. Looking again a little later catches
 /// it without waiting for the heartbeat.
-const LOOK_AGAIN_AFTER: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(500)];
+pub const LOOK_AGAIN_AFTER: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(500)];
 
 /// A stream that yields once per wake-up (wake-ups that arrive before it
 /// is polled collapse into one): the poll strategy of one queue's job loop.
