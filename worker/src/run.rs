@@ -259,8 +259,7 @@ pub async fn run_worker(
     // backend polls its heartbeat timer only between fetches: a timer that
     // fires while a fetch is on its way is never polled again, and the idle
     // loop then neither heartbeats nor fetches until something else wakes
-    // it (seen as a job loop gone quiet after its first job, once in a few
-    // runs of the grace-period test). This wake-up restores the cadence.
+    // it. This wake-up keeps the cadence.
     let mut nudgers = tokio::task::JoinSet::new();
     for kind in JobKind::ALL {
         let (signal, mut stop) = (wakers.signal(kind), stop_rx.clone());

@@ -96,11 +96,9 @@ impl Stream for WakeSignal {
 
     /// Registers the caller's waker on every poll, `Ready` included: apalis'
     /// `PollWith` ignores what its strategy returns and polls it only on its
-    /// way to a fetch, which an idle loop makes only when its task is woken;
-    /// so a wake-up taken without registering left
-    /// the next raise waking nobody, and an idle job loop asleep until its
-    /// heartbeat (a minute, in the wake-up test; for ever, when the heartbeat
-    /// timer had fired during a fetch).
+    /// way to a fetch, which an idle loop makes only when its task is woken.
+    /// A wake-up taken without registering would leave the next raise waking
+    /// nobody, and the idle loop asleep until its heartbeat.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
         let flag = &self.0;
         // Register before looking, so a raise in between is not lost.
