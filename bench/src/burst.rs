@@ -92,7 +92,7 @@ async fn burst(env: &BenchEnv, tenants: usize, workers: usize, concurrency: usiz
     let started = Instant::now();
     let mut running = Vec::new();
     for _ in 0..workers {
-        running.push(env.start_worker(concurrency, None).await?);
+        running.push(env.start_worker(concurrency).await?);
     }
     let mut peak = before;
     let mut progress = Progress::new("draining", tenants);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use provision_queue::RedisQueue;
 use provision_shared::db;
-use provision_shared::migrate::apply_public_migrations;
+use provision_shared::migration_set::import::store_built_in_if_none;
+use provision_shared::public_schema::prepare_public_schema;
 use provision_shared::sql::{Ident, Script};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::process::{Child, Command};
@@ -68,7 +69,8 @@ impl BenchEnv {
         let database_url = database_url_for(&servers.admin_url, &name);
         let opened = async {
             let pool = db::connect(&database_url, 16).await?;
-            apply_public_migrations(&pool).await?;
+            prepare_public_schema(&pool).await?;
+            store_built_in_if_none(&pool).await?;
             Ok::<_, provision_shared::ProvisionError>(pool)
         };
         let pool = match opened.await {
@@ -182,13 +184,9 @@ impl BenchEnv {
         cmd
     }
 
-    /// Starts a worker with `concurrency` and, if given, the tenant
-    /// migrations of `migrations_dir`; returns once it is taking jobs.
-    pub(crate) async fn start_worker(
-        &self,
-        concurrency: usize,
-        migrations_dir: Option<&Path>,
-    ) -> anyhow::Result<Worker> {
+    /// Starts a worker with `concurrency` (it loads the tenant migration set
+    /// in force); returns once it is taking jobs.
+    pub(crate) async fn start_worker(&self, concurrency: usize) -> anyhow::Result<Worker> {
         std::fs::create_dir_all(&self.dir)?;
         let log = self.dir.join(format!("worker-{}.log", ulid::Ulid::generate()));
         let file = std::fs::File::create(&log)?;
@@ -207,9 +205,6 @@ impl BenchEnv {
             .stdout(file.try_clone()?)
             .stderr(file)
             .kill_on_drop(true);
-        if let Some(dir) = migrations_dir {
-            cmd.env("PROVISION_TENANT_MIGRATIONS_DIR", dir);
-        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.binary("provision-worker").display()))?;

@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 use provision_shared::ProvisionError;
 use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
 use provision_shared::jobs::{JobKind, JobRequest, JobSink};
-use provision_shared::migrate::TenantMigrations;
+use provision_shared::migration_set::MigrationSet;
 use provision_shared::request::{Recorded, TenantRequest, note_job_id, record_request};
 use provision_shared::retry::RetryPolicy;
 use provision_shared::state::TenantState;
@@ -97,7 +97,7 @@ pub(crate) async fn make_ready(
 ) -> anyhow::Result<()> {
     let pool = pool.clone();
     let hash: Arc<str> = hash.into();
-    let migrations = TenantMigrations::embedded();
+    let migrations = MigrationSet::in_force(&pool).await?;
     for_each_parallel("creating ready tenants", names, parallel, move |schema| {
         let (pool, hash, migrations) = (pool.clone(), hash.clone(), migrations.clone());
         async move {

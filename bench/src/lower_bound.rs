@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use provision_shared::migrate::{Migration, TenantMigrations};
+use provision_shared::migration_set::{Member, MigrationSet};
 use provision_shared::sql::{BuiltScript, Ident, Script};
 use sqlx::{Connection, PgConnection};
 
@@ -24,13 +24,16 @@ use crate::progress::Progress;
 /// is the round-trip cost the floor leaves out.
 pub(crate) type MakeSql = Arc<dyn Fn(&str) -> BuiltScript + Send + Sync>;
 
-/// The migration the migrate-all benchmark applies, number `k`: a nullable
-/// column and an index on it, named by `k` so every measurement has a new
-/// one to apply (the kind of migration a release adds).
+/// The migration the migrate-all benchmark applies, number `k`, as
+/// `sqlmigrate` prints the platform model's next migration for a tenant: a
+/// nullable field with an index (`AddField(..., db_index=True)`), named by
+/// `k` so every measurement has a new one to apply.
 pub(crate) fn add_column(k: usize) -> String {
     format!(
-        "ALTER TABLE buildings_building ADD COLUMN bench_col_{k} text;\n\
-         CREATE INDEX buildings_building_bench_col_{k}_idx ON buildings_building (bench_col_{k});\n"
+        "--\n-- Add field bench_col_{k} to building\n--\n\
+         ALTER TABLE \"buildings_building\" ADD COLUMN \"bench_col_{k}\" varchar(20) NULL;\n\
+         CREATE INDEX \"buildings_building_bench_col_{k}_idx\" ON \"buildings_building\" (\"bench_col_{k}\");\n\
+         CREATE INDEX \"buildings_building_bench_col_{k}_like\" ON \"buildings_building\" (\"bench_col_{k}\" varchar_pattern_ops);"
     )
 }
 
@@ -38,23 +41,35 @@ fn schema_ident(schema: &str) -> Ident {
     Ident::tenant_schema(schema).expect("the bench names its schemas validly")
 }
 
-/// `migration` in `schema`, as one transaction in one message.
-pub(crate) fn in_schema(schema: &str, migration: &Migration) -> BuiltScript {
+/// One migration and its ledger row in `schema`, as one transaction in one
+/// message, with the search path django-tenants gives a migration.
+pub(crate) fn in_schema(schema: &str, member: &Member) -> BuiltScript {
+    let ident = schema_ident(schema);
     let mut script = Script::new();
     script
         .sql("BEGIN;\nSET LOCAL search_path TO ")
-        .ident(&schema_ident(schema))
-        .sql(";\n");
-    script.reviewed(&migration.sql).sql("COMMIT;");
+        .ident(&ident)
+        .sql(", public;\n");
+    script.reviewed(&member.sql);
+    script
+        .sql("INSERT INTO ")
+        .ident(&ident)
+        .sql(".django_migrations (app, name, applied) VALUES (");
+    script
+        .text(&member.app)
+        .sql(", ")
+        .text(&member.name)
+        .sql(", now());\nCOMMIT;");
     script.finish().expect("the bench's values hold no NUL")
 }
 
 /// Everything a ready tenant is, as one transaction in one message: its
 /// `tenants_client` row (active at once) and primary domain, the schema
-/// with every tenant migration and their bookkeeping rows, and the admin
+/// with Django's ledger table, every migration of the set and its ledger
+/// row, the content types and permissions Django leaves, and the admin
 /// user. What the worker's five steps leave behind, minus the provisioning
 /// state and history.
-pub(crate) fn tenant(schema: &str, hash: &str, migrations: &TenantMigrations) -> BuiltScript {
+pub(crate) fn tenant(schema: &str, hash: &str, set: &MigrationSet) -> BuiltScript {
     let ident = schema_ident(schema);
     let mut script = Script::new();
     script.sql(
@@ -78,31 +93,46 @@ INSERT INTO public.tenants_domain (domain, tenant_id, is_primary) SELECT ",
         .ident(&ident)
         .sql(";\nSET LOCAL search_path TO ")
         .ident(&ident)
-        .sql(";\n");
-    for m in migrations.all() {
+        .sql(", public;\n");
+    script.reviewed(set.ledger_table_sql());
+    for m in set.members() {
         script.reviewed(&m.sql);
     }
-    script
-        .sql("INSERT INTO public.provision_tenant_migration (schema_name, version, name, checksum) VALUES ");
-    script.join(migrations.all(), ", ", |s, m| {
+    script.sql("INSERT INTO django_migrations (app, name, applied) VALUES ");
+    script.join(set.members(), ", ", |s, m| {
+        s.sql("(").text(&m.app).sql(", ").text(&m.name).sql(", now())");
+    });
+    script.sql(";\nINSERT INTO django_content_type (app_label, model) VALUES ");
+    script.join(set.content_types(), ", ", |s, ct| {
+        s.sql("(").text(&ct.app_label).sql(", ").text(&ct.model).sql(")");
+    });
+    script.sql(";\nINSERT INTO auth_permission (name, content_type_id, codename)\n SELECT p.name, ct.id, p.codename FROM (VALUES ");
+    script.join(set.permissions().iter().enumerate(), ", ", |s, (i, p)| {
         s.sql("(")
-            .text(schema)
+            .int(i64::try_from(i).unwrap_or(0))
             .sql(", ")
-            .int(i64::from(m.version))
+            .text(&p.app_label)
             .sql(", ")
-            .text(&m.name)
+            .text(&p.model)
             .sql(", ")
-            .text(&m.checksum)
+            .text(&p.codename)
+            .sql(", ")
+            .text(&p.name)
             .sql(")");
     });
     script.sql(
-        ";
+        ") AS p(ord, app_label, model, codename, name)
+ JOIN django_content_type ct ON ct.app_label = p.app_label AND ct.model = p.model ORDER BY p.ord;
 INSERT INTO users_customuser
-    (password, email, role, is_staff, is_superuser, is_active, email_verified, date_joined)
+    (password, last_login, is_superuser, email, first_name, last_name, role,
+     is_staff, is_active, email_verified, date_joined)
 VALUES (",
     );
-    script.text(hash).sql(", ").text(&fixtures::admin_email(schema));
-    script.sql(", 'admin', true, true, true, true, now());\nCOMMIT;");
+    script
+        .text(hash)
+        .sql(", NULL, true, ")
+        .text(&fixtures::admin_email(schema));
+    script.sql(", '', '', 'admin', true, true, true, now());\nCOMMIT;");
     script.finish().expect("the bench's values hold no NUL")
 }
 
@@ -218,15 +248,14 @@ mod tests {
 
     #[test]
     fn a_tenant_is_one_transaction_with_every_migration() {
-        let migrations = TenantMigrations::embedded();
-        let script = tenant("b_00001", "argon2$argon2id$x", &migrations);
+        let set = MigrationSet::built_in();
+        let script = tenant("b_00001", "argon2$argon2id$x", &set);
         let sql = script.text();
         assert!(sql.starts_with("BEGIN;") && sql.ends_with("COMMIT;"));
         assert!(sql.contains("CREATE SCHEMA \"b_00001\""));
         assert!(sql.contains("b-00001.bench.newconcierge.app"));
-        for m in migrations.all() {
-            assert!(sql.contains(m.sql.as_str()));
-            assert!(sql.contains(&m.checksum));
+        for m in set.members() {
+            assert!(sql.contains(m.sql.as_str().trim_end()));
         }
     }
 }

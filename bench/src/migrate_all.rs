@@ -2,14 +2,18 @@
 //! real worker process at concurrency 1, 4 and 8, each against the same DDL
 //! applied by as many plain sessions; and a run with nothing to do.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use provision_shared::migrate::{Migration, TenantMigrations};
+use provision_shared::ledger::read_ledgers;
 use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, run_summary, start_run};
+use provision_shared::migration_set::import::store;
+use provision_shared::migration_set::{
+    ExportDocument, ExportedMigration, Member, MigrationSet, built_in_export,
+};
 use provision_shared::password::django_argon2_hash;
+use provision_shared::sql::{Ident, Marker, Script};
 
 use crate::env::{BenchEnv, Worker};
 use crate::fixtures::{self, ACTOR, PASSWORD};
@@ -46,9 +50,10 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
     let names = fixtures::names("ma", n);
     fixtures::make_ready(&env.pool, names.clone(), &hash, SETUP_PARALLEL).await?;
 
-    let dir = env.dir.join("tenant-migrations");
-    write_embedded(&dir)?;
-    let mut version = TenantMigrations::embedded().latest();
+    // The platform model's set, to which each measurement adds its own
+    // migration and stores the result as the next set (what an import of
+    // the platform's next release does).
+    let mut document = built_in_export();
     // Every measurement, system or floor, adds a column of its own, so each
     // applies exactly one new migration to every schema, on tables that grow
     // alike for both.
@@ -61,27 +66,23 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
         let mut profiles = Vec::new();
         let mut transactions = Samples::default();
         for rep in 1..=options.repeat {
-            version += 1;
             column += 1;
-            let file = dir.join(format!("{version:04}_bench_col_{column}.sql"));
-            std::fs::write(&file, add_column(column))?;
-            let latest = TenantMigrations::from_dir(&dir)?.latest();
-            ensure!(
-                latest == version,
-                "the migrations folder ends at {latest}, not {version}"
-            );
+            push_bench_migration(&mut document, column);
+            let set = MigrationSet::from_export(&document, 0)?;
+            store(&env.pool, &set, "bench", ACTOR, false).await?;
+            let set = MigrationSet::in_force(&env.pool).await?;
 
             let commits_before = env.transactions_committed().await;
             env.settle().await;
-            let mut worker = env.start_worker(concurrency, Some(&dir)).await?;
+            let mut worker = env.start_worker(concurrency).await?;
             let label = format!("migrate-all c={concurrency} #{rep}: schemas");
-            let timed = timed_run(env, &mut worker, version, n, &label).await?;
+            let timed = timed_run(env, &mut worker, &set, n, &label).await?;
             let complaints = worker.complaints();
             worker.stop().await?;
             if let (Some(before), Some(after)) = (commits_before, env.transactions_committed().await) {
                 transactions.push((after - before - timed.queries) as f64 / n as f64);
             }
-            check_all_at(env, version, n).await?;
+            check_all_current(env, &set, &names).await?;
             system.push(millis(timed.elapsed));
             let run_id = timed.run_id;
             if let Some(profile) = run_profile(env, run_id).await {
@@ -95,11 +96,11 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
                 ));
             }
 
-            noop.push(millis(timed_noop(env, version, n).await?));
-            noop_floor.push(millis(timed_count_behind(env, version).await?));
+            noop.push(millis(timed_noop(env, &set, n).await?));
+            noop_floor.push(millis(timed_read_ledgers(env, &set, &names).await?));
 
             column += 1;
-            let ddl = Migration::new(0, "lower_bound", add_column(column));
+            let ddl = bench_member(column)?;
             env.settle().await;
             let floor_run = run_on_sessions(
                 &env.database_url,
@@ -117,7 +118,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             Unit::MsForSchemas(n),
             system,
             Some(floor),
-            Goal::RatioAtMost(1.5),
+            Goal::RatioAtMost(1.3),
         );
         if let Some(profile) = median_profile(&profiles) {
             report.note(format!(
@@ -139,24 +140,33 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
         },
     );
     report.note(
-        "migrate-all lower bound: the same DDL by as many plain sessions as the worker's \
-         concurrency, one transaction per schema in one round trip, no bookkeeping. \
-         No-op lower bound: the one query that finds no schema behind.",
+        "migrate-all lower bound: the same migration SQL and its django_migrations row, by as many \
+         plain sessions as the worker's concurrency, one transaction per schema in one round trip, \
+         no bookkeeping. No-op lower bound: every tenant's ledger read by one plain session, a \
+         hundred schemas a query (what knowing that nothing is behind costs).",
     );
     Ok(())
 }
 
-/// Writes the built-in tenant migrations as `NNNN_name.sql` files: the
-/// folder a worker is pointed at, to which each measurement adds one.
-fn write_embedded(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    for m in TenantMigrations::embedded().all() {
-        std::fs::write(
-            dir.join(format!("{:04}_{}.sql", m.version, m.name)),
-            m.sql.as_str(),
-        )?;
-    }
-    Ok(())
+/// Adds bench migration `k` to the plan of `document`.
+fn push_bench_migration(document: &mut ExportDocument, k: usize) {
+    let name = format!("{:04}_bench_col_{k}", k + 1);
+    document.plan.push(ExportedMigration {
+        app: "buildings".into(),
+        name: name.clone(),
+        sql: add_column(k),
+        python: Vec::new(),
+        changes_models: false,
+    });
+    document.ledger.push(("buildings".into(), name));
+}
+
+/// Bench migration `k`, on its own, for the lower bound.
+fn bench_member(k: usize) -> anyhow::Result<Member> {
+    let mut document = built_in_export();
+    push_bench_migration(&mut document, k);
+    let set = MigrationSet::from_export(&document, 0)?;
+    Ok(set.members().last().expect("the migration just added").clone())
 }
 
 /// The generous limit for a run over `n` schemas: a run that takes longer
@@ -180,14 +190,14 @@ struct TimedRun {
 async fn timed_run(
     env: &BenchEnv,
     worker: &mut Worker,
-    version: i32,
+    set: &MigrationSet,
     n: usize,
     label: &str,
 ) -> anyhow::Result<TimedRun> {
     let queue = env.queue().await?;
     let started = Instant::now();
     let mut queries = 1;
-    let run_id = match start_run(&env.pool, RunTrigger::Operator, RunScope::All, ACTOR, version).await? {
+    let run_id = match start_run(&env.pool, set, RunTrigger::Operator, RunScope::All, ACTOR).await? {
         RunStart::Started(id) => id,
         other => bail!("expected a new run, found {other:?}"),
     };
@@ -250,11 +260,11 @@ async fn timed_run(
     }
 }
 
-/// A run when every schema is current, timed the same way: one statement
-/// that finds nothing behind and finishes the run at once.
-async fn timed_noop(env: &BenchEnv, version: i32, n: usize) -> anyhow::Result<Duration> {
+/// A run when every schema is current, timed the same way: every ledger
+/// read, nothing found behind, the run finished at once.
+async fn timed_noop(env: &BenchEnv, set: &MigrationSet, n: usize) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let run_id = match start_run(&env.pool, RunTrigger::Operator, RunScope::All, ACTOR, version).await? {
+    let run_id = match start_run(&env.pool, set, RunTrigger::Operator, RunScope::All, ACTOR).await? {
         RunStart::Started(id) => id,
         other => bail!("expected a new run, found {other:?}"),
     };
@@ -275,31 +285,54 @@ async fn timed_noop(env: &BenchEnv, version: i32, n: usize) -> anyhow::Result<Du
     }
 }
 
-/// The floor of a no-op run: the one query that says nothing is behind.
-async fn timed_count_behind(env: &BenchEnv, version: i32) -> anyhow::Result<Duration> {
+/// The floor of a no-op run: every tenant's ledger read on one plain
+/// session, a hundred schemas a query.
+async fn timed_read_ledgers(
+    env: &BenchEnv,
+    set: &MigrationSet,
+    names: &[String],
+) -> anyhow::Result<Duration> {
+    let mut conn = crate::lower_bound::session(&env.database_url).await?;
     let started = Instant::now();
-    let behind: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM public.provision_tenant WHERE state = 'ready' AND schema_version < $1",
-    )
-    .bind(version)
-    .fetch_one(&env.pool)
-    .await?;
+    let mut seen = 0i64;
+    for chunk in names.chunks(provision_shared::ledger::LEDGERS_PER_QUERY) {
+        let mut script = Script::new();
+        let count: Marker<i64> = script.marker(|s| {
+            s.sql("(SELECT count(*) FROM (");
+            s.join(chunk, " UNION ALL ", |s, name| {
+                let ident = Ident::tenant_schema(name).expect("the bench names its schemas validly");
+                s.sql("SELECT m.app, m.name FROM ")
+                    .ident(&ident)
+                    .sql(".django_migrations m");
+            });
+            s.sql(") AS rows)");
+        });
+        let output = script.finish()?.run(&mut conn).await.map_err(|f| f.error)?;
+        seen += output.get(count).transpose()?.unwrap_or(0);
+    }
     let elapsed = started.elapsed();
-    ensure!(behind == 0, "{behind} schemas are behind");
+    ensure!(
+        seen >= i64::try_from(names.len() * set.len())?,
+        "the ledgers hold {seen} rows, fewer than every schema at every migration"
+    );
     Ok(elapsed)
 }
 
-/// Checks that every tenant records `version`: the run did what it said.
-async fn check_all_at(env: &BenchEnv, version: i32, n: usize) -> anyhow::Result<()> {
-    let at: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM public.provision_tenant WHERE schema_version = $1")
-            .bind(version)
-            .fetch_one(&env.pool)
-            .await
-            .context("checking schema versions")?;
+/// Checks that every schema's ledger has every migration of `set`: the run
+/// did what it said.
+async fn check_all_current(env: &BenchEnv, set: &MigrationSet, names: &[String]) -> anyhow::Result<()> {
+    let ledgers = read_ledgers(&env.pool, set, names)
+        .await
+        .context("reading the ledgers")?;
+    let behind = names
+        .iter()
+        .filter(|n| ledgers.get(*n).is_none_or(|l| !l.pending(set).is_empty()))
+        .count();
     ensure!(
-        at == i64::try_from(n)?,
-        "{at} of {n} tenants are at migration {version}"
+        behind == 0,
+        "{behind} of {} schemas lack a migration of set {}",
+        names.len(),
+        set.version()
     );
     Ok(())
 }

@@ -14,7 +14,7 @@ use provision_queue::RedisQueue;
 use provision_queue::layout::heartbeat;
 use provision_shared::db;
 use provision_shared::jobs::JobKind;
-use provision_shared::migrate::TenantMigrations;
+use provision_shared::migration_set::MigrationSet;
 use provision_shared::password::{ARGON2_MEMORY_KIB, django_argon2_hash};
 use tokio::io::AsyncWriteExt;
 
@@ -72,7 +72,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
     // Hashed once: the client hashes before it records, so this cost is
     // neither the worker's nor the floor's.
     let hash = django_argon2_hash(PASSWORD);
-    let migrations = TenantMigrations::embedded();
+    let migrations = MigrationSet::in_force(&env.pool).await?;
     let queue = env.queue().await?;
     latency(env, options, &queue, &hash, &migrations, report).await?;
     throughput(env, options, &queue, &hash, &migrations, report).await?;
@@ -99,7 +99,7 @@ async fn latency(
     options: &Options,
     queue: &RedisQueue,
     hash: &str,
-    migrations: &TenantMigrations,
+    migrations: &MigrationSet,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let s = options.signups;
@@ -107,7 +107,7 @@ async fn latency(
         "== signup → ready: {s} signups × {}, one idle worker (concurrency {CONCURRENCY})",
         options.repeat
     );
-    let mut worker = env.start_worker(CONCURRENCY, None).await?;
+    let mut worker = env.start_worker(CONCURRENCY).await?;
     let mut conn = lower_bound::session(&env.database_url).await?;
     let [mut median, mut p99, mut floor_median, mut floor_p99] = std::array::from_fn(|_| Samples::default());
     let mut before_registered = Samples::default();
@@ -222,7 +222,7 @@ async fn drain(env: &BenchEnv, prefix: &str, n: usize, label: &str) -> anyhow::R
     let commits_before = env.transactions_committed().await;
     env.settle().await;
     let started = Instant::now();
-    let mut worker = env.start_worker(CONCURRENCY, None).await?;
+    let mut worker = env.start_worker(CONCURRENCY).await?;
     let deadline = Duration::from_secs(120) + Duration::from_millis(500) * u32::try_from(n)?;
     let mut progress = Progress::new(label, n);
     let mut polls = 0;
@@ -306,7 +306,7 @@ async fn throughput(
     options: &Options,
     queue: &RedisQueue,
     hash: &str,
-    migrations: &TenantMigrations,
+    migrations: &MigrationSet,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let n = options.tenants;
@@ -401,7 +401,7 @@ async fn throughput_floor(
     env: &BenchEnv,
     names: Vec<String>,
     hash: &str,
-    migrations: &TenantMigrations,
+    migrations: &MigrationSet,
     rep: usize,
 ) -> anyhow::Result<Duration> {
     let (hash, migrations) = (hash.to_owned(), migrations.clone());
@@ -547,7 +547,7 @@ async fn growth(
     tenants: usize,
     queue: &RedisQueue,
     hash: &str,
-    migrations: &TenantMigrations,
+    migrations: &MigrationSet,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     eprintln!("== growth: a backlog of {tenants} tenants, one worker (concurrency {CONCURRENCY})");

@@ -5,8 +5,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use provision_queue::RedisQueue;
 use provision_queue::options::ConnectionOptions;
+use provision_shared::ProvisionError;
 use provision_shared::jobs::JobKind;
-use provision_shared::migrate::public_pending;
+use provision_shared::ledger::{Ledger, read_ledgers};
+use provision_shared::migration_set::MigrationSet;
+use provision_shared::public_schema::public_pending;
 use provision_shared::{db, validate};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -120,10 +123,6 @@ pub(crate) async fn run_checks(options: &ConnectionOptions, stuck_after: Duratio
 
     items.push(configuration(options));
 
-    let latest = match options.tenant_migrations() {
-        Ok(set) => Ok(set.latest()),
-        Err(e) => Err(e.to_string()),
-    };
     match &pool {
         Some(pool) => {
             items.push(public_migrations(pool).await);
@@ -154,15 +153,22 @@ pub(crate) async fn run_checks(options: &ConnectionOptions, stuck_after: Duratio
             "fix `redis` first",
         ),
     });
-    items.push(match (&pool, latest) {
-        (Some(pool), Ok(latest)) => schemas_behind(pool, latest).await,
-        (_, Err(e)) => CheckItem::fail("schemas_behind", e, "fix PROVISION_TENANT_MIGRATIONS_DIR"),
-        (None, _) => CheckItem::fail(
-            "schemas_behind",
-            "not checked: PostgreSQL could not be reached",
-            "fix `database` first",
-        ),
-    });
+    match &pool {
+        Some(pool) => {
+            let (behind, orphans) = schemas(pool).await;
+            items.push(behind);
+            items.push(orphans);
+        }
+        None => {
+            for name in ["schemas_behind", "orphans"] {
+                items.push(CheckItem::fail(
+                    name,
+                    "not checked: PostgreSQL could not be reached",
+                    "fix `database` first",
+                ));
+            }
+        }
+    }
     items
 }
 
@@ -263,10 +269,19 @@ async fn public_tenant(pool: &PgPool) -> CheckItem {
 }
 
 async fn tenants(pool: &PgPool, stuck_after: Duration) -> CheckItem {
-    let by_state: Result<Vec<(String, i64)>, sqlx::Error> =
-        sqlx::query_as("SELECT state, count(*) FROM public.provision_tenant GROUP BY state ORDER BY state")
-            .fetch_all(pool)
-            .await;
+    // Every tenant of tenants_client (those made by the platform are
+    // `external`), and those provisioned here whose row the platform deleted
+    // (`gone`).
+    let by_state: Result<Vec<(String, i64)>, sqlx::Error> = sqlx::query_as(
+        "SELECT CASE WHEN c.schema_name IS NULL THEN 'gone' ELSE coalesce(p.state, 'external') END AS state,
+                count(*)
+         FROM public.provision_tenant p
+         FULL JOIN public.tenants_client c ON c.schema_name = p.schema_name
+         WHERE coalesce(c.schema_name, p.schema_name) <> 'public'
+         GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await;
     let stuck: Result<Vec<(String, String)>, sqlx::Error> = sqlx::query_as(
         "SELECT schema_name, state FROM public.provision_tenant
          WHERE state NOT IN ('ready', 'failed') AND updated_at < now() - make_interval(secs => $1)
@@ -369,28 +384,118 @@ async fn workers(queue: &RedisQueue) -> CheckItem {
     }
 }
 
-async fn schemas_behind(pool: &PgPool, latest: i32) -> CheckItem {
-    let behind: Result<(i64, Option<String>), sqlx::Error> = sqlx::query_as(
-        "SELECT count(*), string_agg(schema_name, ', ' ORDER BY schema_name) FILTER (WHERE rn <= 10)
-         FROM (SELECT schema_name, row_number() OVER (ORDER BY schema_name) AS rn
-               FROM public.provision_tenant WHERE state = 'ready' AND schema_version < $1) behind",
-    )
-    .bind(latest)
-    .fetch_one(pool)
-    .await;
-    match behind {
-        Ok((0, _)) => CheckItem::pass(
-            "schemas_behind",
-            format!("every ready tenant schema is at migration {latest}"),
-        ),
-        Ok((n, names)) => CheckItem::fail(
+/// Every tenant's ledger against the set in force: the schemas behind, and
+/// the orphans (a tenant row without its schema, a tenant's schema without
+/// its row).
+async fn schemas(pool: &PgPool) -> (CheckItem, CheckItem) {
+    let read = async {
+        let set = MigrationSet::in_force(pool).await?;
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT schema_name FROM public.tenants_client WHERE schema_name <> 'public' ORDER BY schema_name",
+        )
+        .fetch_all(pool)
+        .await?;
+        let ledgers = read_ledgers(pool, &set, &names).await?;
+        // Schemas that look like a tenant's (a django_migrations table) and
+        // that no tenant row names.
+        let unregistered: Vec<String> = sqlx::query_scalar(
+            "SELECT n.nspname::text FROM pg_namespace n
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'django_migrations' AND c.relkind = 'r'
+             WHERE n.nspname <> 'public'
+               AND NOT EXISTS (SELECT 1 FROM public.tenants_client t WHERE t.schema_name = n.nspname)
+             ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await?;
+        Ok::<_, ProvisionError>((set, names, ledgers, unregistered))
+    };
+    let (set, names, ledgers, unregistered) = match read.await {
+        Ok(found) => found,
+        Err(e) => {
+            let fail = |name| CheckItem::fail(name, e.to_string(), "run `provision init`");
+            return (fail("schemas_behind"), fail("orphans"));
+        }
+    };
+    let mut behind = Vec::new();
+    let mut missing = Vec::new();
+    for name in &names {
+        match ledgers.get(name) {
+            Some(Ledger::NoSchema) | None => missing.push(name.clone()),
+            Some(ledger) if !ledger.pending(&set).is_empty() => behind.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    let some = |list: &[String]| {
+        let mut text = list.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        if list.len() > 10 {
+            text.push_str(&format!(" and {} more", list.len() - 10));
+        }
+        text
+    };
+    let behind_item = if behind.is_empty() {
+        CheckItem::pass(
             "schemas_behind",
             format!(
-                "{n} tenant schema(s) behind migration {latest}: {}",
-                names.unwrap_or_default()
+                "all {} tenant schema(s) have the {} migrations of tenant migration set {}",
+                names.len() - missing.len(),
+                set.len(),
+                set.version()
+            ),
+        )
+    } else {
+        CheckItem::fail(
+            "schemas_behind",
+            format!(
+                "{} tenant schema(s) lack migrations of tenant migration set {}: {}",
+                behind.len(),
+                set.version(),
+                some(&behind)
             ),
             "run `provision migrate --all --wait`",
+        )
+    };
+    let orphans_item = match (missing.first(), unregistered.first()) {
+        (None, None) => CheckItem::pass(
+            "orphans",
+            "every tenant row has its schema, and every tenant schema its row",
         ),
-        Err(e) => CheckItem::fail("schemas_behind", e.to_string(), "run `provision init`"),
+        (Some(row), _) => CheckItem::fail(
+            "orphans",
+            orphan_detail(&missing, &unregistered, &some),
+            format!(
+                "for a tenant row without its schema: `python manage.py create_missing_schemas` \
+                 (django-tenants) makes its schema as Django does, or \
+                 `python manage.py delete_tenant --schema={row} --noinput` removes the row"
+            ),
+        ),
+        (None, Some(schema)) => CheckItem::fail(
+            "orphans",
+            orphan_detail(&missing, &unregistered, &some),
+            format!(
+                "for a schema without its tenant row: register it (Django admin, Clients → Add, \
+                 schema name {schema}), or back it up and drop it: \
+                 `pg_dump -n {schema} -Fc -f {schema}.dump` then `DROP SCHEMA \"{schema}\" CASCADE`"
+            ),
+        ),
+    };
+    (behind_item, orphans_item)
+}
+
+fn orphan_detail(missing: &[String], unregistered: &[String], some: &dyn Fn(&[String]) -> String) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!(
+            "{} tenant row(s) without a schema: {}",
+            missing.len(),
+            some(missing)
+        ));
     }
+    if !unregistered.is_empty() {
+        parts.push(format!(
+            "{} schema(s) with a django_migrations table and no tenant row: {}",
+            unregistered.len(),
+            some(unregistered)
+        ));
+    }
+    parts.join("; ")
 }

@@ -9,9 +9,11 @@ use provision_queue::RedisQueue;
 use provision_queue::options::ConnectionOptions;
 use provision_shared::demo_data::request_demo_data;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
-use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
 use provision_shared::migrate_all::retry_failed_migration;
+use provision_shared::migration_set::MigrationSet;
+use provision_shared::migration_set::import::store_built_in_if_none;
 use provision_shared::operator::{DomainFix, retry_failed};
+use provision_shared::public_schema::prepare_public_schema;
 use provision_shared::request::{
     Recorded, TenantRequest, check_request_is_free, note_job_id, record_request,
 };
@@ -46,10 +48,10 @@ impl Ctx {
             .map_err(|e| self.error(e))
     }
 
-    pub(crate) fn migrations(&self) -> Result<TenantMigrations, CliError> {
-        self.options
-            .tenant_migrations()
-            .map_err(|e| CliError::invalid("tenant_migrations_dir", e.to_string()))
+    /// The tenant migration set in force: the newest stored, or the
+    /// built-in one on a database that has none yet.
+    pub(crate) async fn migrations(&self, pool: &PgPool) -> Result<MigrationSet, CliError> {
+        MigrationSet::in_force(pool).await.map_err(|e| self.error(e))
     }
 
     pub(crate) async fn queue(&self) -> Result<RedisQueue, CliError> {
@@ -79,6 +81,7 @@ pub(crate) async fn run(options: ConnectionOptions, command: Command) -> Result<
         Command::FixDomain(args) => fix_domain(&ctx, args).await,
         Command::Check(args) => check(&ctx, args).await,
         Command::Migrate(args) => crate::migrate::migrate(&ctx, args).await,
+        Command::ImportMigrations(args) => crate::import::import_migrations(&ctx, args).await,
     }
 }
 
@@ -111,13 +114,10 @@ fn admin_password(args: &CreateTenantArgs) -> Result<(String, bool), CliError> {
     Ok((password, false))
 }
 
-/// A schema name an operator may look at or repair: any valid tenant
-/// schema, and the public tenant's `public`.
-fn existing_schema_name(name: &str) -> Result<(), CliError> {
-    if name == "public" {
-        return Ok(());
-    }
-    validate::schema_name(name).map_err(invalid)
+/// A schema name an operator may look at or repair: any schema
+/// django-tenants accepts, the public tenant's `public` included.
+pub(crate) fn existing_schema_name(name: &str) -> Result<(), CliError> {
+    validate::existing_schema_name(name).map_err(invalid)
 }
 
 pub(crate) fn invalid(e: provision_shared::InvalidInput) -> CliError {
@@ -380,8 +380,8 @@ async fn seed_demo_data(ctx: &Ctx, args: SeedArgs) -> Result<ExitCode, CliError>
 async fn status(ctx: &Ctx, args: StatusArgs) -> Result<ExitCode, CliError> {
     existing_schema_name(&args.schema_name)?;
     let pool = ctx.pool().await?;
-    let latest = ctx.migrations()?.latest();
-    let status = tenant_status(&pool, &args.schema_name, latest, chrono::Utc::now().date_naive())
+    let set = ctx.migrations(&pool).await?;
+    let status = tenant_status(&pool, &args.schema_name, &set, chrono::Utc::now().date_naive())
         .await
         .map_err(|e| ctx.error(e))?;
     if args.json {
@@ -420,14 +420,18 @@ async fn init(ctx: &Ctx, args: InitArgs) -> Result<ExitCode, CliError> {
         .await
         .map_err(|e| ctx.error(e))?;
     let pool = ctx.pool().await?;
-    let applied = apply_public_migrations(&pool).await.map_err(|e| ctx.error(e))?;
+    let prepared = prepare_public_schema(&pool).await.map_err(|e| ctx.error(e))?;
+    let set_stored = store_built_in_if_none(&pool).await.map_err(|e| ctx.error(e))?;
     let added = provision_shared::operator::ensure_public_tenant(&pool, &domain)
         .await
         .map_err(|e| ctx.error(e))?;
+    let applied = prepared.applied;
     if args.json {
         print_json(&json!({
             "database_created": created_db,
+            "platform_tables_made": prepared.platform_tables_made,
             "public_migrations_applied": applied,
+            "built_in_migration_set_stored": set_stored.is_some(),
             "public_tenant_changed": added,
             "public_domain": domain,
         }));
@@ -436,6 +440,17 @@ async fn init(ctx: &Ctx, args: InitArgs) -> Result<ExitCode, CliError> {
             println!(
                 "Created the database {}",
                 db::redact_url(&ctx.options.database_url)
+            );
+        }
+        if prepared.platform_tables_made {
+            println!(
+                "Made the platform's tenant tables (tenants_client, tenants_domain) as its Django migrations make them"
+            );
+        }
+        if let Some(stored) = &set_stored {
+            println!(
+                "Stored the built-in tenant migration set ({} migrations) as set {}; `provision import-migrations` reads the platform's own",
+                stored.migrations, stored.version
             );
         }
         if applied.is_empty() {
@@ -454,7 +469,7 @@ async fn init(ctx: &Ctx, args: InitArgs) -> Result<ExitCode, CliError> {
 async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
     let only = args.target.schema_name.as_deref();
     if let Some(schema) = only {
-        validate::schema_name(schema).map_err(invalid)?;
+        existing_schema_name(schema)?;
     }
     let pool = ctx.pool().await?;
     let queue = ctx.queue().await?;

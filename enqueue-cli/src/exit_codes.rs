@@ -54,7 +54,8 @@ impl CliError {
             match error {
                 ProvisionError::Invalid(_)
                 | ProvisionError::Conflict { .. }
-                | ProvisionError::UnknownTenant(_) => INVALID,
+                | ProvisionError::UnknownTenant(_)
+                | ProvisionError::Platform(_) => INVALID,
                 _ => FAILURE,
             }
         };

@@ -4,6 +4,7 @@
 mod check;
 mod commands;
 mod exit_codes;
+mod import;
 mod migrate;
 mod output;
 
@@ -84,10 +85,50 @@ enum Command {
     Check(CheckArgs),
 
     /// Apply public migrations and make sure the public tenant and its
-    /// domain exist (creates the database if it is missing).
+    /// domain exist (creates the database if it is missing). On a database
+    /// the platform's Django made, adds only this project's tables; on an
+    /// empty one, makes the platform's tenant tables as its Django would.
     ///
     /// Example: provision init --public-domain newconcierge.app
     Init(InitArgs),
+
+    /// Read the platform's tenant migrations from its own Django and store
+    /// them as the tenant migration set every command and worker uses.
+    ///
+    /// Runs `PY PATH shell -c <script>` with this environment, so the
+    /// platform's settings choose the database; the script reads the
+    /// migration plan, each migration's SQL, and what Django leaves in a new
+    /// tenant schema, inside a transaction it rolls back. Importing an
+    /// unchanged plan is a no-op; a plan that rewrites an imported
+    /// migration is refused. Running workers load a new set at once.
+    ///
+    /// Example: DJANGO_SETTINGS_MODULE=concierge.settings provision import-migrations
+    /// --manage-py backend/manage.py --python backend/.venv/bin/python
+    ImportMigrations(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// The platform's manage.py.
+    #[arg(long, value_name = "PATH", required_unless_present = "from_file")]
+    pub(crate) manage_py: Option<PathBuf>,
+
+    /// The Python that runs it (the platform's virtualenv).
+    #[arg(long, value_name = "PY", default_value = "python3")]
+    pub(crate) python: String,
+
+    /// Read an export written by the same script elsewhere (for a machine
+    /// without the platform's Python) instead of running Django.
+    #[arg(long, value_name = "FILE", conflicts_with = "manage_py")]
+    pub(crate) from_file: Option<PathBuf>,
+
+    /// Print what would be imported; store nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Where the admin password comes from: at most one of these.
@@ -192,12 +233,14 @@ struct ListArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 struct MigrateTarget {
-    /// Migrate this tenant's schema (enqueues MigrateSchema).
-    #[arg(long)]
+    /// Migrate this tenant's schema, however the tenant was made (a
+    /// migration run of one schema). `--schema` works too, as in the
+    /// platform's `migrate_schemas --schema`.
+    #[arg(long, alias = "schema")]
     schema_name: Option<String>,
 
-    /// Start a migrate-all run over every ready tenant behind the latest
-    /// migration (or follow the run in progress).
+    /// Start a migrate-all run over every tenant of tenants_client whose
+    /// schema lacks a migration of the set (or follow the run in progress).
     #[arg(long)]
     all: bool,
 
@@ -293,6 +336,7 @@ impl Command {
             Self::Migrate(a) => a.json,
             Self::FixDomain(a) => a.json,
             Self::Check(a) => a.json,
+            Self::ImportMigrations(a) => a.json,
         }
     }
 }

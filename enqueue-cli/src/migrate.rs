@@ -5,16 +5,18 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use provision_shared::migrate::apply_public_migrations;
+use provision_shared::ledger::read_ledger;
 use provision_shared::migrate_all::{
     RunScope, RunStart, RunSummary, RunTrigger, dispatch, run_summary, start_run,
 };
-use provision_shared::{ProvisionError, TenantState, db, validate};
+use provision_shared::migration_set::import::store_built_in_if_none;
+use provision_shared::public_schema::prepare_public_schema;
+use provision_shared::{ProvisionError, TenantState, db};
 use serde_json::json;
 use sqlx::PgPool;
 
 use crate::MigrateArgs;
-use crate::commands::{Ctx, actor, invalid};
+use crate::commands::{Ctx, actor, existing_schema_name};
 use crate::exit_codes::{CliError, FAILURE, SUCCESS};
 use crate::output::print_json;
 
@@ -33,29 +35,51 @@ async fn migrate_shared(ctx: &Ctx, args: &MigrateArgs) -> Result<ExitCode, CliEr
         .await
         .map_err(|e| ctx.error(e))?;
     let pool = ctx.pool().await?;
-    let applied = apply_public_migrations(&pool).await.map_err(|e| ctx.error(e))?;
+    let prepared = prepare_public_schema(&pool).await.map_err(|e| ctx.error(e))?;
+    store_built_in_if_none(&pool).await.map_err(|e| ctx.error(e))?;
     if args.json {
-        print_json(&json!({"public_migrations_applied": applied}));
-    } else if applied.is_empty() {
+        print_json(&json!({
+            "public_migrations_applied": prepared.applied,
+            "platform_tables_made": prepared.platform_tables_made,
+        }));
+    } else if prepared.applied.is_empty() {
         println!("Public migrations: already current");
     } else {
-        println!("Public migrations applied: {applied:?}");
+        println!("Public migrations applied: {:?}", prepared.applied);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<ExitCode, CliError> {
-    validate::schema_name(schema).map_err(invalid)?;
-    let latest = ctx.migrations()?.latest();
+    existing_schema_name(schema)?;
+    if schema == "public" {
+        return Err(CliError::invalid(
+            "schema_name",
+            "public holds the shared apps' tables, not a tenant's: `provision migrate --shared` applies this project's public migrations",
+        ));
+    }
     let pool = ctx.pool().await?;
-    let row: Option<(String, i32)> =
-        sqlx::query_as("SELECT state, schema_version FROM public.provision_tenant WHERE schema_name = $1")
-            .bind(schema)
-            .fetch_optional(&pool)
-            .await
-            .map_err(|e| ctx.error(e.into()))?;
-    let (state, version) = row.ok_or_else(|| ctx.error(ProvisionError::UnknownTenant(schema.into())))?;
-    if state != TenantState::Ready.as_str() {
+    let set = ctx.migrations(&pool).await?;
+    let row: Option<(Option<String>, bool)> = sqlx::query_as(
+        "SELECT p.state, c.schema_name IS NOT NULL
+         FROM (SELECT $1::text AS name) AS s
+         LEFT JOIN public.provision_tenant p ON p.schema_name = s.name
+         LEFT JOIN public.tenants_client c ON c.schema_name = s.name
+         WHERE p.schema_name IS NOT NULL OR c.schema_name IS NOT NULL",
+    )
+    .bind(schema)
+    .fetch_optional(&pool)
+    .await
+    .map_err(|e| ctx.error(e.into()))?;
+    let (state, in_client) = row.ok_or_else(|| ctx.error(ProvisionError::UnknownTenant(schema.into())))?;
+    // A tenant being provisioned gets its migrations from its provisioning;
+    // one whose row the platform deleted has nothing to migrate.
+    let not_ready = match (state, in_client) {
+        (_, false) => Some("gone (its tenants_client row was deleted)".to_owned()),
+        (Some(state), true) if state != TenantState::Ready.as_str() => Some(state),
+        _ => None,
+    };
+    if let Some(state) = not_ready {
         return Err(CliError::new(
             FAILURE,
             "wrong_state",
@@ -65,12 +89,14 @@ async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<Exit
             ),
         ));
     }
+    let before = read_ledger(&pool, &set, schema).await.map_err(|e| ctx.error(e))?;
+    let latest = set.len();
     let run_id = match start_run(
         &pool,
+        &set,
         RunTrigger::Operator,
         RunScope::Schema(schema),
         &actor(),
-        latest,
     )
     .await
     .map_err(|e| ctx.error(e))?
@@ -79,18 +105,22 @@ async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<Exit
     };
     hand_out_first_schemas(ctx, &pool).await;
     if !args.json {
-        println!("Started migration run {run_id} for {schema}; at migration {version} of {latest}");
+        println!(
+            "Started migration run {run_id} for {schema}; {} of {latest} migrations applied",
+            before.applied_count()
+        );
     }
-    let mut outcome = json!({"schema_name": schema, "run_id": run_id, "applied": version, "latest": latest});
+    let mut outcome = json!({
+        "schema_name": schema,
+        "run_id": run_id,
+        "applied": before.applied_count(),
+        "latest": latest,
+        "set_version": set.version(),
+    });
     if args.wait {
         let summary = follow(&pool, run_id, false).await.map_err(|e| ctx.error(e))?;
-        let version: i32 =
-            sqlx::query_scalar("SELECT schema_version FROM public.provision_tenant WHERE schema_name = $1")
-                .bind(schema)
-                .fetch_one(&pool)
-                .await
-                .map_err(|e| ctx.error(e.into()))?;
-        outcome["applied"] = json!(version);
+        let after = read_ledger(&pool, &set, schema).await.map_err(|e| ctx.error(e))?;
+        outcome["applied"] = json!(after.applied_count());
         if let Some(failure) = summary.failures.first() {
             outcome["error"] = json!(failure.error);
             if args.json {
@@ -101,7 +131,7 @@ async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<Exit
             return Ok(ExitCode::from(FAILURE));
         }
         if !args.json {
-            println!("{schema} is at migration {version} of {latest}");
+            println!("{schema} has {} of {latest} migrations", after.applied_count());
         }
     }
     if args.json {
@@ -121,15 +151,19 @@ async fn hand_out_first_schemas(ctx: &Ctx, pool: &PgPool) {
 }
 
 async fn migrate_all(ctx: &Ctx, args: &MigrateArgs) -> Result<ExitCode, CliError> {
-    let latest = ctx.migrations()?.latest();
     let pool = ctx.pool().await?;
-    let run_id = match start_run(&pool, RunTrigger::Operator, RunScope::All, &actor(), latest)
+    let set = ctx.migrations(&pool).await?;
+    let run_id = match start_run(&pool, &set, RunTrigger::Operator, RunScope::All, &actor())
         .await
         .map_err(|e| ctx.error(e))?
     {
         RunStart::Started(id) => {
             if !args.json {
-                println!("Started migrate-all run {id} to migration {latest}");
+                println!(
+                    "Started migrate-all run {id} to tenant migration set {} ({} migrations)",
+                    set.version(),
+                    set.len()
+                );
             }
             hand_out_first_schemas(ctx, &pool).await;
             id

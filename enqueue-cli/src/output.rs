@@ -61,7 +61,22 @@ fn count(value: Option<i64>) -> String {
 
 /// `provision status` as text.
 pub(crate) fn print_status(status: &TenantStatus) {
-    println!("Tenant {} — {}", status.schema_name, status.name);
+    if status.made_by == "public" {
+        println!("The public tenant (schema public) — {}", status.name);
+    } else {
+        println!("Tenant {} — {}", status.schema_name, status.name);
+    }
+    let made = match status.made_by.as_str() {
+        "provision" => "made by provision",
+        "platform" => "made by the platform (by hand, the Django admin or Client.save())",
+        _ => "the platform's public schema, shared by every tenant",
+    };
+    println!("  made        {made}");
+    if status.gone {
+        println!(
+            "  gone        its tenants_client row was deleted by the platform; its history is kept below"
+        );
+    }
     let mut state = status.state.clone();
     if let Some(step) = &status.failed_step {
         state.push_str(&format!(" at step {step} (attempt {})", status.attempt));
@@ -99,10 +114,28 @@ pub(crate) fn print_status(status: &TenantStatus) {
     if let Some(demo) = &status.demo_data {
         println!("  demo data   {demo}");
     }
-    println!(
-        "  migration   {} of {}",
-        status.migration.applied, status.migration.latest
-    );
+    match &status.migration {
+        Some(m) if m.pending.is_empty() => println!(
+            "  migrations  {} of {} (tenant migration set {}), up to date",
+            m.applied, m.latest, m.set_version
+        ),
+        Some(m) => {
+            println!(
+                "  migrations  {} of {} (tenant migration set {}); lacks {}",
+                m.applied,
+                m.latest,
+                m.set_version,
+                m.pending.join(", ")
+            );
+            if !status.schema_exists {
+                println!("              the schema does not exist (`provision check` says how to fix it)");
+            }
+        }
+        None => println!(
+            "  migrations  - (the public schema holds the shared apps' tables; \
+             `provision migrate --shared` applies this project's own)"
+        ),
+    }
     if let Some(job) = &status.job_id {
         println!("  last job    {job}");
     }

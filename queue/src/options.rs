@@ -1,11 +1,8 @@
 //! Command-line options both binaries take, each with its environment
 //! variable (a flag wins over its variable), and their logging.
 
-use std::path::PathBuf;
-
 use clap::{Args, ValueEnum};
 use provision_shared::db;
-use provision_shared::migrate::TenantMigrations;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,22 +35,6 @@ pub struct ConnectionOptions {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
-
-    /// A folder of NNNN_name.sql tenant migrations to use instead of the
-    /// built-in ones [default: built in].
-    #[arg(long, env = "PROVISION_TENANT_MIGRATIONS_DIR", global = true)]
-    pub tenant_migrations_dir: Option<PathBuf>,
-}
-
-impl ConnectionOptions {
-    /// The tenant migrations in force: the folder's, or the built-in ones.
-    pub fn tenant_migrations(&self) -> Result<TenantMigrations, std::io::Error> {
-        match &self.tenant_migrations_dir {
-            None => Ok(TenantMigrations::embedded()),
-            Some(dir) => TenantMigrations::from_dir(dir)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
-        }
-    }
 }
 
 /// A layer that sees every event whatever the log filter (the worker's

@@ -7,13 +7,14 @@ use sqlx::PgPool;
 
 use crate::error::ProvisionError;
 use crate::jobs::{JobKind, JobRequest, JobSink};
+use crate::locks::advisory_key;
 use crate::retry::{Next, RetryPolicy};
 use crate::sql::{Ident, Marker, Script};
 use crate::state::TenantState;
 use crate::validate;
 
-/// The demo data of the contract, named so it is seeded once per schema.
-const DEMO_SEED: &str = "demo_data_v1";
+/// The contract's demo building: name, address, city, postal code.
+const BUILDING: (&str, &str, &str, &str) = ("Κτίριο Demo", "Διεύθυνση 123", "Αθήνα", "10000");
 
 /// What a `SeedDemoData` job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +113,10 @@ pub async fn run_seed_demo_data<S: JobSink>(
     }
 }
 
-/// The seeding itself: the claim on `provision_seed`, the rows and the
-/// state change commit together.
+/// The seeding itself, under a lock of the schema's demo data: the
+/// building unless the schema has it already, its apartments, and the
+/// state change, in one transaction. Every NOT NULL column is given, as
+/// Django's tables have no defaults.
 async fn seed(
     pool: &PgPool,
     schema: &Ident,
@@ -121,23 +124,28 @@ async fn seed(
     actor: &str,
 ) -> Result<SeedOutcome, ProvisionError> {
     let mut script = Script::new();
-    script.sql("BEGIN;\nWITH claim AS (INSERT INTO ");
-    script.ident(schema).sql(".provision_seed (name) VALUES (");
-    script
-        .text(DEMO_SEED)
-        .sql(") ON CONFLICT DO NOTHING RETURNING name),\nbuilding AS (INSERT INTO ");
-    script.ident(schema).sql(
-        ".buildings_building (name, address, city, postal_code, apartments_count, financial_system_start_date)\n SELECT ",
+    script.sql("BEGIN;\nSELECT pg_advisory_xact_lock(");
+    script.int(advisory_key("demo-data", schema_name)).sql(");\n");
+    script.sql("WITH building AS (INSERT INTO ").ident(schema).sql(
+        ".buildings_building (name, address, city, postal_code, apartments_count, financial_system_start_date, created_at)\n SELECT ",
     );
     script
-        .text("Κτίριο Demo")
+        .text(BUILDING.0)
         .sql(", ")
-        .text("Διεύθυνση 123")
+        .text(BUILDING.1)
         .sql(", ")
-        .text("Αθήνα")
+        .text(BUILDING.2)
         .sql(", ")
-        .text("10000")
-        .sql(", 10, date_trunc('month', now() AT TIME ZONE 'UTC')::date FROM claim RETURNING id),\napartments AS (INSERT INTO ");
+        .text(BUILDING.3)
+        .sql(", 10, date_trunc('month', now() AT TIME ZONE 'UTC')::date, now()\n WHERE NOT EXISTS (SELECT 1 FROM ");
+    script
+        .ident(schema)
+        .sql(".buildings_building WHERE name = ")
+        .text(BUILDING.0);
+    script
+        .sql(" AND address = ")
+        .text(BUILDING.1)
+        .sql(")\n RETURNING id),\napartments AS (INSERT INTO ");
     script.ident(schema).sql(
         ".buildings_apartment (building_id, number, floor)\n SELECT building.id, n::text, (n - 1) / 2 FROM building, generate_series(1, 10) AS n RETURNING id)\n",
     );

@@ -56,16 +56,28 @@ pub enum ProvisionError {
     #[error("{0}")]
     Contended(String),
 
-    /// A tenant migration is broken or was changed after it was applied.
-    #[error("migration {version} ({name}): {message}")]
+    /// A migration is broken, or cannot be applied here.
+    #[error("migration {migration}: {message}")]
     Migration {
-        /// Its number.
-        version: i32,
-        /// Its file name without the number.
-        name: String,
+        /// Which: `app.name` for a tenant migration, the file for a public one.
+        migration: String,
         /// What went wrong.
         message: String,
     },
+
+    /// The tenant migration set in force changed while a job ran.
+    /// Transient: the job runs again with the new set.
+    #[error("{0}")]
+    StaleSet(String),
+
+    /// The platform's Django could not be run or read (a wrong path, a wrong
+    /// Python, a settings error): what it said.
+    #[error("{0}")]
+    Platform(String),
+
+    /// The platform's Django could not reach its database.
+    #[error("{0}")]
+    PlatformUnreachable(String),
 
     /// The job queue could not be reached or refused the job.
     #[error("queue: {0}")]
@@ -97,8 +109,9 @@ impl ProvisionError {
             | Self::Conflict { .. }
             | Self::UnknownTenant(_)
             | Self::WrongState(_)
-            | Self::Migration { .. } => true,
-            Self::Queue(_) | Self::Contended(_) => false,
+            | Self::Migration { .. }
+            | Self::Platform(_) => true,
+            Self::Queue(_) | Self::Contended(_) | Self::StaleSet(_) | Self::PlatformUnreachable(_) => false,
             Self::Database(e) => !is_transient_db_error(e),
         }
     }
@@ -107,7 +120,7 @@ impl ProvisionError {
     /// for the client).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Queue(_) => true,
+            Self::Queue(_) | Self::PlatformUnreachable(_) => true,
             Self::Database(e) => is_connection_error(e),
             _ => false,
         }
@@ -122,6 +135,9 @@ impl ProvisionError {
             Self::WrongState(_) => "wrong_state",
             Self::Contended(_) => "contended",
             Self::Migration { .. } => "migration",
+            Self::StaleSet(_) => "stale_migration_set",
+            Self::Platform(_) => "platform",
+            Self::PlatformUnreachable(_) => "platform_unreachable",
             Self::Queue(_) => "redis_unreachable",
             Self::Database(e) if is_connection_error(e) => "postgres_unreachable",
             Self::Database(_) => "database",
@@ -211,12 +227,12 @@ mod tests {
         assert!(ProvisionError::conflict("domain", "taken").is_permanent());
         assert!(
             ProvisionError::Migration {
-                version: 1,
-                name: "a".into(),
+                migration: "buildings.0002_x".into(),
                 message: "b".into()
             }
             .is_permanent()
         );
+        assert!(!ProvisionError::StaleSet("newer".into()).is_permanent());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Migrate-all runs: starting one (one cheap query, however many schemas),
+//! Migration runs: starting one (every tenant's ledger read, a hundred
+//! schemas a query, and the schemas behind recorded in one statement),
 //! handing its schemas to workers a bounded batch at a time, recording how
 //! each schema ended, and finishing the run.
 //!
@@ -16,11 +17,13 @@ use sqlx::PgPool;
 
 use crate::error::{ProvisionError, violated_constraint};
 use crate::jobs::{JobRequest, JobSink};
+use crate::ledger::{Ledger, read_ledger, read_ledgers};
 use crate::locks::advisory_key;
-use crate::migrate::{SchemaMigrated, Target, TenantMigrations, migrate_schema, write_migrations};
+use crate::migration_set::MigrationSet;
 use crate::names::constraint;
 use crate::retry::{Next, RetryPolicy};
 use crate::sql::{Ident, Marker, Script};
+use crate::tenant_migration::{SchemaMigrated, Target, migrate_schema, refused_python, write_migrations};
 
 /// At most this many jobs of migrate-all runs wait in Redis at once: far
 /// below the ~8,000 where the queue library wedges.
@@ -42,10 +45,10 @@ pub enum RunTrigger {
 /// Which schemas a run covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunScope<'a> {
-    /// Every ready tenant behind the target (`migrate --all`, the schedule).
+    /// Every tenant of `tenants_client` but `public`, however it was made
+    /// (`migrate --all`, the schedule).
     All,
-    /// One tenant's schema (`migrate --schema-name`), looked at whatever its
-    /// recorded version, so a changed migration is reported.
+    /// One tenant's schema (`migrate --schema-name`).
     Schema(&'a str),
 }
 
@@ -60,21 +63,55 @@ pub enum RunStart {
     TickTaken(i64),
 }
 
-/// Starts a migration run to `target` (the newest tenant migration): every
-/// schema of `scope` behind it becomes a pending row. One statement,
-/// whatever the number of schemas; a run with nothing to do is finished at
-/// once.
+/// Starts a migration run to `set`: every schema of `scope` whose ledger
+/// lacks a migration of the set becomes a pending row, and a tenant whose
+/// schema is missing a failed one. The ledgers are read a hundred schemas a
+/// query; the run and its rows are one statement. A run with nothing to do
+/// is finished at once.
 pub async fn start_run(
     pool: &PgPool,
+    set: &MigrationSet,
     trigger: RunTrigger,
     scope: RunScope<'_>,
     started_by: &str,
-    target: i32,
 ) -> Result<RunStart, ProvisionError> {
+    let names: Vec<String> = match scope {
+        RunScope::All => {
+            sqlx::query_scalar(
+                "SELECT schema_name FROM public.tenants_client WHERE schema_name <> 'public' ORDER BY schema_name",
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        RunScope::Schema(name) => vec![name.to_owned()],
+    };
+    let ledgers = read_ledgers(pool, set, &names).await?;
+    let mut rows = RunRows::default();
+    for name in names {
+        match ledgers.get(&name) {
+            Some(Ledger::NoSchema) | None => rows.push(
+                name.clone(),
+                &[],
+                false,
+                Some(format!(
+                    "schema {name:?} does not exist: its tenant row has no schema \
+                     (`provision check` says how to fix it)"
+                )),
+            ),
+            Some(ledger) => {
+                let pending = ledger.pending(set);
+                if pending.is_empty() {
+                    rows.current += 1;
+                } else {
+                    rows.push(name, &pending, ledger != &Ledger::NoLedger, None);
+                }
+            }
+        }
+    }
     // The run in progress may finish between our insert's conflict and our
     // look for it: then try again.
     for _ in 0..5 {
-        if let Some(start) = try_start_run(pool, trigger, scope, started_by, target).await? {
+        if let Some(start) = try_start_run(pool, set.version(), trigger, scope, started_by, &rows).await? {
             return Ok(start);
         }
     }
@@ -83,71 +120,120 @@ pub async fn start_run(
     ))
 }
 
+/// The rows a run starts with.
+#[derive(Debug, Default)]
+struct RunRows {
+    names: Vec<String>,
+    /// Each schema's pending positions, as array literals (their lengths
+    /// differ, so they cannot be one two-dimensional array).
+    pending: Vec<String>,
+    has_ledger: Vec<bool>,
+    errors: Vec<Option<String>>,
+    current: i32,
+}
+
+impl RunRows {
+    fn push(&mut self, name: String, pending: &[i32], has_ledger: bool, error: Option<String>) {
+        let list: Vec<String> = pending.iter().map(i32::to_string).collect();
+        self.names.push(name);
+        self.pending.push(format!("{{{}}}", list.join(",")));
+        self.has_ledger.push(has_ledger);
+        self.errors.push(error);
+    }
+}
+
 async fn try_start_run(
     pool: &PgPool,
+    target: i32,
     trigger: RunTrigger,
     scope: RunScope<'_>,
     started_by: &str,
-    target: i32,
+    rows: &RunRows,
 ) -> Result<Option<RunStart>, ProvisionError> {
     let (kind, tick) = match trigger {
         RunTrigger::Cron(tick) => ("cron", Some(tick)),
         RunTrigger::Operator => ("operator", None),
     };
-    let only = match scope {
-        RunScope::All => None,
-        RunScope::Schema(name) => Some(name),
+    let scope_name = match scope {
+        RunScope::All => "all",
+        RunScope::Schema(_) => "schema",
     };
+    let total = i32::try_from(rows.names.len()).unwrap_or(i32::MAX);
     let started: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
-        "WITH candidates AS (
-             SELECT schema_name, $5::text IS NULL AND schema_version >= $4 AS current
-             FROM public.provision_tenant
-             WHERE state = 'ready' AND ($5::text IS NULL OR schema_name = $5)),
-         run AS (
+        "WITH run AS (
              INSERT INTO public.provision_migration_run
                  (trigger, scope, started_by, tick, target_version, total, already_current, state, finished_at)
-             SELECT $1, CASE WHEN $5::text IS NULL THEN 'all' ELSE 'schema' END, $2, $3, $4,
-                    count(*) FILTER (WHERE NOT current),
-                    count(*) FILTER (WHERE current),
-                    CASE WHEN count(*) FILTER (WHERE NOT current) = 0 THEN 'finished' ELSE 'running' END,
-                    CASE WHEN count(*) FILTER (WHERE NOT current) = 0 THEN now() END
-             FROM candidates
+             VALUES ($1, $2, $3, $4, $5, $6, $7,
+                     CASE WHEN $6 = 0 THEN 'finished' ELSE 'running' END,
+                     CASE WHEN $6 = 0 THEN now() END)
              RETURNING id),
          behind AS (
-             INSERT INTO public.provision_migration_run_schema (run_id, schema_name)
-             SELECT run.id, c.schema_name FROM run, candidates c WHERE NOT c.current)
+             INSERT INTO public.provision_migration_run_schema
+                 (run_id, schema_name, pending, has_ledger, state, error)
+             SELECT run.id, r.name, r.pending::integer[], r.has_ledger,
+                    CASE WHEN r.error IS NULL THEN 'pending' ELSE 'failed' END, r.error
+             FROM run, unnest($8::text[], $9::text[], $10::boolean[], $11::text[])
+                  AS r(name, pending, has_ledger, error))
          SELECT id FROM run",
     )
     .bind(kind)
+    .bind(scope_name)
     .bind(started_by)
     .bind(tick)
     .bind(target)
-    .bind(only)
+    .bind(total)
+    .bind(rows.current)
+    .bind(&rows.names)
+    .bind(&rows.pending)
+    .bind(&rows.has_ledger)
+    .bind(&rows.errors)
     .fetch_optional(pool)
     .await;
-    match started {
-        Ok(Some(id)) => Ok(Some(RunStart::Started(id))),
-        Ok(None) => Err(ProvisionError::Contended("the run was not recorded".into())),
-        Err(e) => match violated_constraint(&e) {
-            Some(constraint::RUN_TICK_KEY) => {
-                let id: i64 =
-                    sqlx::query_scalar("SELECT id FROM public.provision_migration_run WHERE tick = $1")
-                        .bind(tick)
-                        .fetch_one(pool)
-                        .await?;
-                Ok(Some(RunStart::TickTaken(id)))
-            }
-            Some(constraint::ONE_RUNNING_RUN) => {
-                let id: Option<i64> = sqlx::query_scalar(
-                    "SELECT id FROM public.provision_migration_run WHERE state = 'running' AND scope = 'all'",
-                )
-                .fetch_optional(pool)
-                .await?;
-                Ok(id.map(RunStart::AlreadyRunning))
-            }
-            _ => Err(e.into()),
-        },
-    }
+    let started = match started {
+        Ok(Some(id)) => id,
+        Ok(None) => return Err(ProvisionError::Contended("the run was not recorded".into())),
+        Err(e) => {
+            return match violated_constraint(&e) {
+                Some(constraint::RUN_TICK_KEY) => {
+                    let id: i64 =
+                        sqlx::query_scalar("SELECT id FROM public.provision_migration_run WHERE tick = $1")
+                            .bind(tick)
+                            .fetch_one(pool)
+                            .await?;
+                    Ok(Some(RunStart::TickTaken(id)))
+                }
+                Some(constraint::ONE_RUNNING_RUN) => {
+                    let id: Option<i64> = sqlx::query_scalar(
+                        "SELECT id FROM public.provision_migration_run WHERE state = 'running' AND scope = 'all'",
+                    )
+                    .fetch_optional(pool)
+                    .await?;
+                    Ok(id.map(RunStart::AlreadyRunning))
+                }
+                _ => Err(e.into()),
+            };
+        }
+    };
+    // A run of nothing but missing schemas has nothing open: finished.
+    finish_if_done(pool, started).await?;
+    Ok(Some(RunStart::Started(started)))
+}
+
+/// Finishes run `run_id` when none of its schemas is pending or queued.
+async fn finish_if_done<'e, E>(executor: E, run_id: i64) -> Result<(), ProvisionError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    sqlx::query(
+        "UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
+         WHERE r.id = $1 AND r.state = 'running' AND NOT EXISTS (
+             SELECT 1 FROM public.provision_migration_run_schema s
+             WHERE s.run_id = $1 AND s.state IN ('pending', 'queued'))",
+    )
+    .bind(run_id)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Hands up to [`MAX_QUEUED`] minus what is already queued of pending schema
@@ -260,73 +346,100 @@ pub const SCHEMAS_PER_TRANSACTION: usize = 5;
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct QueuedSchema {
     schema_name: String,
-    /// The run's target.
+    /// The run's target set.
     target_version: i32,
     /// `all` or `schema`: a run of one schema records its outcome in the
     /// tenant's history too.
     scope: String,
-    /// The tenant's recorded version.
-    schema_version: i32,
+    /// What the schema lacked when it was last looked at.
+    pending: Vec<i32>,
+    has_ledger: bool,
     /// Executions of this schema's migration in this run, this one counted.
     attempt: i32,
+}
+
+impl QueuedSchema {
+    /// The ledger the row describes, in `set` (the run's target).
+    fn ledger(&self, set: &MigrationSet) -> Ledger {
+        if !self.has_ledger {
+            return Ledger::NoLedger;
+        }
+        Ledger::Applied(
+            set.members()
+                .iter()
+                .map(|m| m.position)
+                .filter(|p| !self.pending.contains(p))
+                .collect(),
+        )
+    }
 }
 
 /// Runs a run's `MigrateSchema` job for `schema_names` and records how each
 /// ended; finishes the run when none is left open. The outcomes come in the
 /// job's order.
 ///
-/// Schemas behind the run's target go the fast way: up to
-/// [`SCHEMAS_PER_TRANSACTION`] at a time migrated from the same version,
-/// their pending migrations, their bookkeeping and their outcomes in one
-/// transaction, every group of the job in one message. A group that stops
-/// the message goes the checked way schema by schema ([`migrate_schema`]),
-/// and the groups after it are sent again; so does anything else (already
-/// current, a worker that knows less than the run's target).
+/// Schemas go the fast way when their rows still describe them: up to
+/// [`SCHEMAS_PER_TRANSACTION`] with the same ledger at a time, their pending
+/// migrations, ledger rows, bookkeeping and outcomes in one transaction,
+/// every group of the job in one message. A group that stops the message
+/// (a ledger that changed, a migration that fails) goes the checked way
+/// schema by schema, which reads the ledger again ([`migrate_schema`]), and
+/// the groups after it are sent again; so does a schema whose migrations
+/// this worker must refuse (Python on a schema that has migrations).
 pub async fn migrate_run_schemas(
     pool: &PgPool,
-    migrations: &TenantMigrations,
+    set: &MigrationSet,
     run_id: i64,
     schema_names: &[String],
     policy: RetryPolicy,
     actor: &str,
 ) -> Result<Vec<(String, SchemaOutcome)>, ProvisionError> {
     let queued: Vec<QueuedSchema> = sqlx::query_as(
-        "SELECT s.schema_name, r.target_version, r.scope, coalesce(t.schema_version, 0) AS schema_version,
-                s.attempt
+        "SELECT s.schema_name, r.target_version, r.scope, s.pending, s.has_ledger, s.attempt
          FROM public.provision_migration_run_schema s
          JOIN public.provision_migration_run r ON r.id = s.run_id
-         LEFT JOIN public.provision_tenant t ON t.schema_name = s.schema_name
          WHERE s.run_id = $1 AND s.schema_name = ANY($2) AND s.state = 'queued'",
     )
     .bind(run_id)
     .bind(schema_names)
     .fetch_all(pool)
     .await?;
+    if let Some(q) = queued.first()
+        && q.target_version > set.version()
+    {
+        return Err(ProvisionError::StaleSet(format!(
+            "run {run_id} targets tenant migration set {}, this worker has {}",
+            q.target_version,
+            set.version()
+        )));
+    }
     let mut outcomes: Vec<(String, SchemaOutcome)> = schema_names
         .iter()
         .filter(|name| !queued.iter().any(|q| &q.schema_name == *name))
         .map(|name| (name.clone(), SchemaOutcome::NotQueued))
         .collect();
-    // In the job's order: the fast way in groups migrated from one version;
-    // the rest the checked way.
-    let mut groups: VecDeque<Vec<&QueuedSchema>> = VecDeque::new();
+    // In the job's order: the fast way in groups with the same ledger, for
+    // rows written for this set; the rest the checked way.
+    let mut groups: VecDeque<Vec<(&QueuedSchema, Ident, Ledger)>> = VecDeque::new();
     let mut checked: Vec<&QueuedSchema> = Vec::new();
     for name in schema_names {
         let Some(q) = queued.iter().find(|q| &q.schema_name == name) else {
             continue;
         };
-        let fast = q.schema_version < q.target_version && migrations.latest() >= q.target_version;
-        if !fast {
+        let ledger = q.ledger(set);
+        let fast = q.target_version == set.version()
+            && !q.pending.is_empty()
+            && refused_python(set, &ledger).is_none();
+        let ident = Ident::existing_schema(&q.schema_name);
+        let (true, Ok(ident)) = (fast, ident) else {
             checked.push(q);
             continue;
-        }
+        };
         match groups.back_mut() {
-            Some(group)
-                if group.len() < SCHEMAS_PER_TRANSACTION && group[0].schema_version == q.schema_version =>
-            {
-                group.push(q);
+            Some(group) if group.len() < SCHEMAS_PER_TRANSACTION && group[0].2 == ledger => {
+                group.push((q, ident, ledger));
             }
-            _ => groups.push_back(vec![q]),
+            _ => groups.push_back(vec![(q, ident, ledger)]),
         }
     }
     let mut conn = pool.acquire().await?;
@@ -334,29 +447,16 @@ pub async fn migrate_run_schemas(
         let mut script = Script::new();
         let mut sent: Vec<(Vec<i32>, Marker<bool>)> = Vec::with_capacity(groups.len());
         for group in &groups {
-            let idents = group
+            let targets: Vec<Target<'_>> = group
                 .iter()
-                .map(|q| Ident::tenant_schema(&q.schema_name))
-                .collect::<Result<Vec<_>, _>>()?;
-            let targets: Vec<Target<'_>> = idents
-                .iter()
-                .map(|ident| Target {
-                    ident,
-                    name: ident.name(),
-                })
+                .map(|(_, ident, ledger)| Target { ident, ledger })
                 .collect();
+            let scope = group[0].0.scope.as_str();
             let outcome = |s: &mut Script, applied: &[i32], targets: &[Target<'_>]| {
-                write_migrated_outcome(s, run_id, applied, targets, &group[0].scope, actor);
+                write_migrated_outcome(s, run_id, applied, targets, scope, actor);
             };
             script.sql("BEGIN;\n");
-            let applied = write_migrations(
-                &mut script,
-                migrations,
-                &targets,
-                group[0].schema_version,
-                migrations.latest(),
-                Some(&outcome),
-            );
+            let applied = write_migrations(&mut script, set, &targets, None, Some(&outcome))?;
             script.sql("COMMIT;\n");
             let committed = script.marker(|s| {
                 s.sql("true");
@@ -379,29 +479,21 @@ pub async fn migrate_run_schemas(
                 outcomes.extend(
                     group
                         .iter()
-                        .map(|q| (q.schema_name.clone(), SchemaOutcome::Migrated(applied.clone()))),
+                        .map(|(q, _, _)| (q.schema_name.clone(), SchemaOutcome::Migrated(applied.clone()))),
                 );
             } else {
                 // This group stopped the message: its schemas go the checked
                 // way; the groups after it were not run and are sent again.
-                checked.extend(group);
+                checked.extend(group.iter().map(|(q, _, _)| *q));
                 break;
             }
         }
     }
     for q in checked {
-        let outcome = migrate_run_schema(&mut conn, migrations, run_id, q, policy, actor).await?;
+        let outcome = migrate_run_schema(pool, &mut conn, set, run_id, q, policy, actor).await?;
         outcomes.push((q.schema_name.clone(), outcome));
     }
-    sqlx::query(
-        "UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
-         WHERE r.id = $1 AND r.state = 'running' AND NOT EXISTS (
-             SELECT 1 FROM public.provision_migration_run_schema s
-             WHERE s.run_id = $1 AND s.state IN ('pending', 'queued'))",
-    )
-    .bind(run_id)
-    .execute(&mut *conn)
-    .await?;
+    finish_if_done(&mut *conn, run_id).await?;
     outcomes.sort_by_key(|(name, _)| schema_names.iter().position(|n| n == name));
     Ok(outcomes)
 }
@@ -425,47 +517,45 @@ fn write_migrated_outcome(
         .int(run_id)
         .sql(" AND state = 'queued' AND schema_name IN (");
     script.join(targets, ", ", |s, t| {
-        s.text(t.name);
+        s.text(t.ident.name());
     });
     script.sql("))");
     if scope == "schema" {
-        let detail = format!(
-            "applied {applied:?}, now at {}",
-            applied.last().copied().unwrap_or_default()
+        let detail = format!("applied {} migration(s)", applied.len());
+        script.sql(
+            ",\nevent AS (\n INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, detail, actor)\n SELECT x.name, coalesce(t.state, 'external'), coalesce(t.state, 'external'), 'migrate_schema', 1, ",
         );
-        script.sql(",\nevent AS (\n INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, detail, actor)\n SELECT schema_name, state, state, 'migrate_schema', 1, ");
         script.text(&detail).sql(", ").text(actor);
-        script.sql(" FROM public.provision_tenant WHERE schema_name IN (");
-        script.join(targets, ", ", |s, t| {
-            s.text(t.name);
+        script.sql(" FROM (VALUES (");
+        script.join(targets, "), (", |s, t| {
+            s.text(t.ident.name());
         });
-        script.sql("))");
+        script.sql(")) AS x(name) LEFT JOIN public.provision_tenant t ON t.schema_name = x.name)");
     }
 }
 
-/// The checked way for one queued schema of a run: [`migrate_schema`], then
-/// its outcome recorded (and the run finished when it was its last open
-/// schema). A transient error puts the schema back to pending after the
-/// retry policy's delay.
+/// The checked way for one queued schema of a run: its ledger read again,
+/// [`migrate_schema`], then its outcome recorded (and the run finished when
+/// it was its last open schema). A transient error puts the schema back to
+/// pending after the retry policy's delay.
 async fn migrate_run_schema(
+    pool: &PgPool,
     conn: &mut sqlx::PgConnection,
-    migrations: &TenantMigrations,
+    set: &MigrationSet,
     run_id: i64,
     queued: &QueuedSchema,
     policy: RetryPolicy,
     actor: &str,
 ) -> Result<SchemaOutcome, ProvisionError> {
-    let target = queued.target_version;
-    let schema = Ident::tenant_schema(&queued.schema_name)?;
-    let (outcome, delay_ms) = match migrate_schema(conn, migrations, &schema).await {
-        Ok(SchemaMigrated { version, .. }) if version < target => (
-            SchemaOutcome::Failed(format!(
-                "this worker knows tenant migrations up to {version}, the run targets {target}: upgrade the worker"
-            )),
-            0,
-        ),
-        Ok(SchemaMigrated { applied, .. }) if applied.is_empty() => (SchemaOutcome::Current, 0),
-        Ok(SchemaMigrated { applied, .. }) => (SchemaOutcome::Migrated(applied), 0),
+    let migrated = async {
+        let schema = Ident::existing_schema(&queued.schema_name)?;
+        let ledger = read_ledger(pool, set, &queued.schema_name).await?;
+        migrate_schema(conn, set, &schema, &ledger).await
+    }
+    .await;
+    let (outcome, delay_ms) = match migrated {
+        Ok(SchemaMigrated { applied }) if applied.is_empty() => (SchemaOutcome::Current, 0),
+        Ok(SchemaMigrated { applied }) => (SchemaOutcome::Migrated(applied), 0),
         Err(e) => match policy.after(queued.attempt, &e) {
             Next::GiveUp(message) => (SchemaOutcome::Failed(message), 0),
             Next::RetryAfter(delay_ms) => (SchemaOutcome::Retrying(e.to_string()), delay_ms),
@@ -476,10 +566,7 @@ async fn migrate_run_schema(
             "migrated",
             applied.clone(),
             None,
-            Some(format!(
-                "applied {applied:?}, now at {}",
-                applied.last().copied().unwrap_or_default()
-            )),
+            Some(format!("applied {} migration(s)", applied.len())),
         ),
         SchemaOutcome::Current => ("current", Vec::new(), None, Some("already current".to_owned())),
         SchemaOutcome::Failed(e) => ("failed", Vec::new(), Some(e.clone()), None),
@@ -495,9 +582,9 @@ async fn migrate_run_schema(
              RETURNING run_id),
          event AS (
              INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, error, detail, actor)
-             SELECT t.schema_name, t.state, t.state, 'migrate_schema', $9, $5, $7, $8
-             FROM public.provision_tenant t
-             WHERE t.schema_name = $2 AND $10 = 'schema' AND $3 <> 'pending' AND EXISTS (SELECT 1 FROM ended))
+             SELECT $2, coalesce(t.state, 'external'), coalesce(t.state, 'external'), 'migrate_schema', $9, $5, $7, $8
+             FROM (SELECT 1) AS one LEFT JOIN public.provision_tenant t ON t.schema_name = $2
+             WHERE $10 = 'schema' AND $3 <> 'pending' AND EXISTS (SELECT 1 FROM ended))
          UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
          WHERE r.id = $1 AND r.state = 'running' AND EXISTS (SELECT 1 FROM ended)
            AND NOT EXISTS (

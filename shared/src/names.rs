@@ -39,6 +39,9 @@ pub mod sqlstate {
     /// `public.provision_assert`: a guard in a script found the database not
     /// as the script expected.
     pub const GUARD_FAILED: &str = "PV001";
+    /// `public.provision_assert_set`: a script was written for a tenant
+    /// migration set that is no longer the one in force.
+    pub const STALE_SET: &str = "PV002";
 }
 
 /// Constraints of `migrations/public/` (and of the platform's tables).

@@ -4,6 +4,7 @@
 use sqlx::PgPool;
 
 use crate::error::{ProvisionError, violated_constraint};
+use crate::names::constraint;
 use crate::state::TenantState;
 use crate::validate;
 
@@ -143,8 +144,10 @@ pub async fn fix_domain(
 ) -> Result<DomainFix, ProvisionError> {
     validate::domain(domain)?;
     let mut tx = pool.begin().await?;
-    let tenant_id: Option<i32> =
-        sqlx::query_scalar("SELECT id FROM public.tenants_client WHERE schema_name = $1 FOR UPDATE")
+    // Read as bigint whatever the platform declared (an AutoField's
+    // integer, a BigAutoField's bigint); written back the same way.
+    let tenant_id: Option<i64> =
+        sqlx::query_scalar("SELECT id::bigint FROM public.tenants_client WHERE schema_name = $1 FOR UPDATE")
             .bind(schema_name)
             .fetch_optional(&mut *tx)
             .await?;
@@ -166,7 +169,7 @@ pub async fn fix_domain(
         // the register step will use the new domain.
         let updated = sqlx::query(
             "UPDATE public.provision_tenant SET domain = $2, updated_at = now()
-             WHERE schema_name = $1 AND tenant_id IS NULL",
+             WHERE schema_name = $1",
         )
         .bind(schema_name)
         .bind(domain)
@@ -219,7 +222,7 @@ pub async fn fix_domain(
                 format!("domain {domain:?} was just taken by another tenant"),
             ));
         }
-        Err(e) if violated_constraint(&e) == Some("tenants_domain_domain_key") => {
+        Err(e) if violated_constraint(&e) == Some(constraint::DOMAIN_KEY) => {
             return Err(ProvisionError::conflict(
                 "domain",
                 format!("domain {domain:?} was just taken by another tenant"),
@@ -239,9 +242,9 @@ pub async fn fix_domain(
     Ok(fix)
 }
 
-/// Records an operator's action in a provisioned tenant's history (a tenant
-/// made outside this project has none: nothing is recorded for it).
-async fn record_event(
+/// Records an operator's action in a tenant's history; a tenant made
+/// outside this project is `external` there.
+pub(crate) async fn record_event(
     tx: &mut sqlx::PgConnection,
     schema_name: &str,
     step: &str,
@@ -250,8 +253,8 @@ async fn record_event(
 ) -> Result<(), ProvisionError> {
     sqlx::query(
         "INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, detail, actor)
-         SELECT schema_name, state, state, $2, attempt, $3, $4
-         FROM public.provision_tenant WHERE schema_name = $1",
+         SELECT $1, coalesce(t.state, 'external'), coalesce(t.state, 'external'), $2, coalesce(t.attempt, 0), $3, $4
+         FROM (SELECT 1) AS one LEFT JOIN public.provision_tenant t ON t.schema_name = $1",
     )
     .bind(schema_name)
     .bind(step)

@@ -58,7 +58,7 @@ impl TenantRequest {
             self.trial_days,
             self.seed_demo_data,
         ]);
-        crate::migrate::checksum(&canonical.to_string())
+        crate::migration_set::checksum(&canonical.to_string())
     }
 }
 

@@ -43,6 +43,16 @@ impl Ident {
         })
     }
 
+    /// A tenant schema that may have been made by the platform:
+    /// django-tenants' rule ([`validate::existing_schema_name`]), `public`
+    /// included.
+    pub fn existing_schema(name: &str) -> Result<Self, InvalidInput> {
+        validate::existing_schema_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+        })
+    }
+
     /// A database, as the operator named it in `DATABASE_URL`: 1 to 63
     /// bytes, no NUL.
     pub fn database(name: &str) -> Result<Self, InvalidInput> {

@@ -7,6 +7,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::error::ProvisionError;
+use crate::ledger::{Ledger, read_ledger};
+use crate::migration_set::MigrationSet;
 use crate::sql::{Ident, Marker, Script};
 use crate::state::TenantState;
 
@@ -23,13 +25,20 @@ pub struct DomainInfo {
     pub is_primary: bool,
 }
 
-/// A tenant's schema version against the newest this binary knows.
+/// A tenant's migrations against the set in force, read from its own
+/// `django_migrations`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct MigrationInfo {
-    /// The newest applied migration (0: none).
+    /// The set's migrations its ledger records.
     pub applied: i32,
-    /// The newest migration known.
+    /// The set's migrations.
     pub latest: i32,
+    /// The set in force (its version).
+    pub set_version: i32,
+    /// The set's migrations it lacks, `app.name`, in plan order.
+    pub pending: Vec<String>,
+    /// Whether the schema exists and has a `django_migrations` table.
+    pub has_ledger: bool,
 }
 
 /// One entry of a tenant's history.
@@ -64,6 +73,15 @@ pub struct TenantStatus {
     pub name: String,
     /// The provisioning state (or `external`).
     pub state: String,
+    /// How the tenant was made: `provision` (by this project) or
+    /// `platform` (by hand, the Django admin, `Client.save()`); `public`
+    /// for the public tenant.
+    pub made_by: String,
+    /// Whether its `tenants_client` row is gone (the platform deleted the
+    /// tenant); its history is kept.
+    pub gone: bool,
+    /// Whether its schema exists.
+    pub schema_exists: bool,
     /// The step that failed, while failed.
     pub failed_step: Option<String>,
     /// The last error seen.
@@ -88,8 +106,10 @@ pub struct TenantStatus {
     pub users: Option<i64>,
     /// Demo data: skipped, pending, seeded or failed.
     pub demo_data: Option<String>,
-    /// Schema version.
-    pub migration: MigrationInfo,
+    /// Its migrations against the set in force (none for the public
+    /// tenant, whose schema holds the shared apps' tables: `migrate --shared`
+    /// applies this project's public migrations).
+    pub migration: Option<MigrationInfo>,
     /// The id of the latest job pushed for it.
     pub job_id: Option<String>,
     /// Every transition and event, oldest first.
@@ -109,17 +129,17 @@ struct StatusRow {
     paid_until: Option<NaiveDate>,
     created_on: Option<NaiveDate>,
     demo_data: Option<String>,
-    schema_version: Option<i32>,
     job_id: Option<String>,
+    in_client: bool,
     has_tables: bool,
 }
 
-/// The status of one tenant, `latest` being the newest tenant migration and
-/// `today` the date days remaining count from (UTC today, for operators).
+/// The status of one tenant against the migration set `set`; `today` is
+/// the date days remaining count from (UTC today, for operators).
 pub async fn tenant_status(
     pool: &PgPool,
     schema_name: &str,
-    latest: i32,
+    set: &MigrationSet,
     today: NaiveDate,
 ) -> Result<TenantStatus, ProvisionError> {
     let row: Option<StatusRow> = sqlx::query_as(
@@ -127,7 +147,8 @@ pub async fn tenant_status(
                 coalesce(c.name, p.tenant_name) AS name,
                 p.state, p.failed_step, p.last_error, p.attempt,
                 c.is_active, c.on_trial, c.paid_until,
-                c.created_on, p.demo_data_state AS demo_data, p.schema_version, p.job_id,
+                c.created_on, p.demo_data_state AS demo_data, p.job_id,
+                c.schema_name IS NOT NULL AS in_client,
                 to_regclass(quote_ident($1) || '.users_customuser') IS NOT NULL
                     AND to_regclass(quote_ident($1) || '.buildings_building') IS NOT NULL AS has_tables
          FROM public.provision_tenant p
@@ -146,8 +167,9 @@ pub async fn tenant_status(
     .bind(schema_name)
     .fetch_all(pool)
     .await?;
-    let (buildings, users) = if row.has_tables && schema_name != "public" {
-        let schema = Ident::tenant_schema(schema_name)?;
+    let public = schema_name == "public";
+    let (buildings, users) = if row.has_tables && !public {
+        let schema = Ident::existing_schema(schema_name)?;
         let mut script = Script::new();
         let buildings: Marker<i64> = script.marker(|s| {
             s.sql("(SELECT count(*) FROM ")
@@ -166,10 +188,23 @@ pub async fn tenant_status(
         (None, None)
     };
     let history = tenant_history(pool, schema_name, 0).await?;
+    let ledger = if public {
+        None
+    } else {
+        Some(read_ledger(pool, set, schema_name).await?)
+    };
+    let made_by = match (public, row.state.is_some()) {
+        (true, _) => "public",
+        (false, true) => "provision",
+        (false, false) => "platform",
+    };
     Ok(TenantStatus {
         schema_name: row.schema_name,
         name: row.name,
         state: row.state.unwrap_or_else(|| EXTERNAL_STATE.to_owned()),
+        made_by: made_by.to_owned(),
+        gone: !row.in_client,
+        schema_exists: public || ledger.as_ref().is_some_and(|l| l != &Ledger::NoSchema),
         failed_step: row.failed_step,
         last_error: row.last_error,
         attempt: row.attempt.unwrap_or(0),
@@ -182,10 +217,17 @@ pub async fn tenant_status(
         buildings,
         users,
         demo_data: row.demo_data,
-        migration: MigrationInfo {
-            applied: row.schema_version.unwrap_or(0),
-            latest,
-        },
+        migration: ledger.map(|ledger| MigrationInfo {
+            applied: i32::try_from(ledger.applied_count()).unwrap_or(i32::MAX),
+            latest: i32::try_from(set.len()).unwrap_or(i32::MAX),
+            set_version: set.version(),
+            pending: ledger
+                .pending(set)
+                .into_iter()
+                .filter_map(|p| set.member(p).map(|m| m.key()))
+                .collect(),
+            has_ledger: matches!(ledger, Ledger::Applied(_)),
+        }),
         job_id: row.job_id,
         history,
     })

@@ -46,6 +46,29 @@ pub fn schema_name(value: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// The schema of a tenant that may exist already, made by the platform:
+/// django-tenants' own rule (1 to 63 characters of letters, digits and `_`,
+/// not starting with a digit nor with `pg_`), wider than [`schema_name`]'s
+/// for the tenants this project makes. `public` is the public tenant.
+pub fn existing_schema_name(value: &str) -> Result<(), InvalidInput> {
+    let first_ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if value.is_empty()
+        || value.len() > 63
+        || !first_ok
+        || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || value.starts_with("pg_")
+    {
+        return Err(invalid(
+            "schema_name",
+            "must be a schema django-tenants accepts: 1 to 63 letters, digits and _, not starting with a digit or pg_",
+        ));
+    }
+    Ok(())
+}
+
 /// A lower-case DNS name with at least two labels: labels of 1 to 63
 /// characters of `a-z`, `0-9` and `-`, not starting or ending with `-`; 253
 /// characters at most; the last label not all digits.
@@ -179,6 +202,16 @@ mod tests {
         ] {
             let err = schema_name(bad).unwrap_err();
             assert_eq!(err.field, "schema_name", "{bad}");
+        }
+    }
+
+    #[test]
+    fn existing_schemas_follow_django_tenants_rule() {
+        for good in ["theo", "Legacy", "_x", "public", "a1"] {
+            assert!(existing_schema_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1a", "pg_x", "a-b", "a b", "thé", "a\"b", &"a".repeat(64)] {
+            assert!(existing_schema_name(bad).is_err(), "{bad}");
         }
     }
 

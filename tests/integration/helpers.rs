@@ -9,8 +9,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use provision_shared::migrate::apply_public_migrations;
 use sqlx::{Connection, PgPool};
+
+/// What a worker's start does to a database: the public schema (the
+/// platform's tenant tables on an empty one, this project's tables) and the
+/// built-in tenant migration set.
+pub async fn prepare(pool: &PgPool) {
+    provision_shared::public_schema::prepare_public_schema(pool)
+        .await
+        .expect("public schema");
+    provision_shared::migration_set::import::store_built_in_if_none(pool)
+        .await
+        .expect("built-in migration set");
+}
+
+/// The export document of the built-in tenant migration set (the platform
+/// model's), to which a test adds migrations.
+pub fn built_in_export() -> serde_json::Value {
+    serde_json::from_str(include_str!("../../migrations/tenant/platform-model.json"))
+        .expect("built-in export")
+}
 
 /// The server the tests use, without a database name.
 pub fn admin_url() -> String {
@@ -189,9 +207,7 @@ impl TestEnv {
     /// `label` and a unique suffix.
     pub async fn new(label: &str) -> Self {
         let env = Self::new_without_migrations(label).await;
-        apply_public_migrations(&env.pool)
-            .await
-            .expect("public migrations");
+        prepare(&env.pool).await;
         env
     }
 
@@ -204,9 +220,7 @@ impl TestEnv {
     /// and a namespace on the Redis of `redis`.
     pub async fn new_on_servers(label: &str, admin_url: &str, redis: &str) -> Self {
         let env = Self::new_on(label, admin_url, redis).await;
-        apply_public_migrations(&env.pool)
-            .await
-            .expect("public migrations");
+        prepare(&env.pool).await;
         env
     }
 
@@ -320,26 +334,48 @@ impl TestEnv {
         (clients, domains, schemas, admins)
     }
 
-    /// A folder of the built-in tenant migrations plus `extra` files
-    /// (name, SQL), set as the migrations of every binary this test runs.
-    pub fn use_tenant_migrations(&mut self, extra: &[(&str, &str)]) -> PathBuf {
-        let dir = self.dir.join("tenant-migrations");
-        std::fs::create_dir_all(&dir).expect("migrations folder");
-        for m in provision_shared::migrate::TenantMigrations::embedded().all() {
-            std::fs::write(
-                dir.join(format!("{:04}_{}.sql", m.version, m.name)),
-                m.sql.as_str(),
-            )
-            .expect("write migration");
+    /// Imports, through `provision import-migrations`, the built-in set
+    /// with `extra` migrations (app, name, SQL) after it: the next set of
+    /// this test's database, which a running worker loads at once. Each
+    /// extra migration changes no model, so no post-migrate rows follow it.
+    pub fn add_tenant_migrations(&self, extra: &[(&str, &str, &str)]) {
+        let mut document = built_in_export();
+        for (app, name, sql) in extra {
+            document["plan"]
+                .as_array_mut()
+                .expect("plan")
+                .push(serde_json::json!({
+                    "app": app, "name": name, "sql": sql, "python": [], "changes_models": false,
+                }));
+            document["ledger"]
+                .as_array_mut()
+                .expect("ledger")
+                .push(serde_json::json!([app, name]));
         }
-        for (file, sql) in extra {
-            std::fs::write(dir.join(file), sql).expect("write migration");
-        }
-        self.set_env(
-            "PROVISION_TENANT_MIGRATIONS_DIR",
-            dir.to_str().expect("UTF-8 path"),
-        );
-        dir
+        self.import_document(&document).expect_code(0);
+    }
+
+    /// Runs `provision import-migrations --from-file` on `document`.
+    pub fn import_document(&self, document: &serde_json::Value) -> Run {
+        let file = self.dir.join(format!("export-{}.json", ulid::Ulid::generate()));
+        std::fs::write(&file, document.to_string()).expect("write export");
+        self.provision(&[
+            "import-migrations",
+            "--from-file",
+            file.to_str().expect("UTF-8 path"),
+            "--json",
+        ])
+    }
+
+    /// The migrations recorded in `schema`'s own `django_migrations`,
+    /// `app.name`, in the order they were recorded.
+    pub async fn ledger_of(&self, schema: &str) -> Vec<String> {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT app || '.' || name FROM \"{schema}\".django_migrations ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .unwrap_or_default()
     }
 
     /// Starts `provision` with `args`, its standard streams piped.
@@ -576,15 +612,15 @@ impl TestEnv {
         text
     }
 
-    /// Adds a tenant migration 0002 that waits at this test's [`Gate`]
-    /// before it adds a column: a step is then in flight for as long as
-    /// the test keeps the gate closed, however slow the machine.
+    /// Adds a tenant migration that waits at this test's [`Gate`] before
+    /// it adds a column: a step is then in flight for as long as the test
+    /// keeps the gate closed, however slow the machine.
     pub fn use_gated_migration(&mut self) {
         let sql = format!(
             "SELECT pg_advisory_xact_lock_shared({GATE_KEYS});\n\
-             ALTER TABLE buildings_building ADD COLUMN notes text;"
+             ALTER TABLE \"buildings_building\" ADD COLUMN \"notes\" text NULL;"
         );
-        self.use_tenant_migrations(&[("0002_gated.sql", &sql)]);
+        self.add_tenant_migrations(&[("buildings", "0002_gated", &sql)]);
     }
 
     /// Closes this test's gate: gated migrations wait until it opens.

@@ -383,7 +383,7 @@ mod hostile {
 #[tokio::test]
 async fn a_tenant_name_full_of_sql_metacharacters_is_stored_exactly() {
     use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
-    use provision_shared::migrate::TenantMigrations;
+    use provision_shared::migration_set::MigrationSet;
     use provision_shared::password::django_argon2_hash;
     use provision_shared::request::{TenantRequest, record_request};
     use provision_shared::state::TenantState;
@@ -399,7 +399,7 @@ async fn a_tenant_name_full_of_sql_metacharacters_is_stored_exactly() {
         seed_demo_data: false,
     };
     record_request(&env.pool, &request, "test").await.unwrap();
-    let migrations = TenantMigrations::embedded();
+    let migrations = MigrationSet::in_force(&env.pool).await.unwrap();
     let job = JobEnv {
         pool: &env.pool,
         sink: &crate::provisioning::NoQueue,

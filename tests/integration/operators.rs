@@ -37,7 +37,8 @@ async fn a_tenant_failed_at_register_is_retried_to_ready_once_its_domain_is_fixe
     request_tenant(&env, "t_reg");
     // Another tenant takes the domain between the request and the job.
     sqlx::raw_sql(
-        "INSERT INTO tenants_client (schema_name, name, paid_until) VALUES ('squatter', 'S', '2030-01-01');
+        "INSERT INTO tenants_client (schema_name, name, paid_until, on_trial, is_active, trial_days, created_on)
+         VALUES ('squatter', 'S', '2030-01-01', false, true, 0, '2026-01-01');
          INSERT INTO tenants_domain (domain, tenant_id, is_primary)
          SELECT 't-reg.newconcierge.app', id, true FROM tenants_client WHERE schema_name = 'squatter';",
     )
@@ -123,44 +124,37 @@ async fn a_tenant_failed_at_create_schema_for_want_of_permission_resumes_after_t
     assert_eq!(owner, role);
 }
 
+/// A tenant migration that needs a public table a shared migration has not
+/// made yet: the tenant fails at `migrate`, naming it, with the migrations
+/// before it applied; once the public table exists, `retry` finishes it.
 #[tokio::test]
 async fn a_tenant_failed_at_a_broken_migration_resumes_after_the_fix() {
-    let mut env = TestEnv::new("failmig").await;
-    let dir = env.dir().join("migrations");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("0001_buildings_and_users.sql"),
-        include_str!("../../migrations/tenant/0001_buildings_and_users.sql"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("0002_broken.sql"),
-        "ALTER TABLE no_such_table ADD COLUMN x integer;",
-    )
-    .unwrap();
-    env.set_env("PROVISION_TENANT_MIGRATIONS_DIR", dir.to_str().unwrap());
+    let env = TestEnv::new("failmig").await;
+    let needs_country = "ALTER TABLE \"buildings_building\" ADD COLUMN \"country_id\" integer NULL \
+                         REFERENCES public.concierge_country (id) DEFERRABLE INITIALLY DEFERRED;";
+    env.add_tenant_migrations(&[("buildings", "0002_country", needs_country)]);
     request_tenant(&env, "t_mig");
     let worker = env.start_worker(&[]).await;
     env.wait_for_state("t_mig", "failed", WAIT).await;
     let failed = status(&env, "t_mig");
-    assert_failed_at(&failed, "migrate", "migration 2 (broken)");
+    assert_failed_at(&failed, "migrate", "migration buildings.0002_country");
+    let initial = crate::migrations::built_in_keys_and(&[]).len();
     assert_eq!(
-        failed["migration"]["applied"], 1,
-        "migration 1 stays applied, in its own transaction"
+        failed["migration"]["applied"], initial,
+        "the migrations before it stay applied, each in its own transaction"
     );
-    assert_eq!(failed["migration"]["latest"], 2);
+    assert_eq!(failed["migration"]["latest"], initial + 1);
     drop(worker);
 
-    std::fs::write(
-        dir.join("0002_broken.sql"),
-        "ALTER TABLE buildings_building ADD COLUMN notes text;",
-    )
-    .unwrap();
+    sqlx::query("CREATE TABLE public.concierge_country (id integer PRIMARY KEY)")
+        .execute(&env.pool)
+        .await
+        .unwrap();
     let _worker = env.start_worker(&[]).await;
     env.provision(&["retry", "--schema-name", "t_mig"]).expect_code(0);
     env.wait_for_state("t_mig", "ready", WAIT).await;
     let ready = status(&env, "t_mig");
-    assert_eq!(ready["migration"]["applied"], 2);
+    assert_eq!(ready["migration"]["applied"], initial + 1);
     let steps = transitions(&ready);
     for step in ["register→registered", "create_schema→schema_created"] {
         assert_eq!(
@@ -169,14 +163,14 @@ async fn a_tenant_failed_at_a_broken_migration_resumes_after_the_fix() {
             "{step} ran again: {steps:?}"
         );
     }
-    let notes: i64 = sqlx::query_scalar(
+    let column: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.columns
-         WHERE table_schema = 't_mig' AND table_name = 'buildings_building' AND column_name = 'notes'",
+         WHERE table_schema = 't_mig' AND table_name = 'buildings_building' AND column_name = 'country_id'",
     )
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    assert_eq!(notes, 1);
+    assert_eq!(column, 1);
 }
 
 #[tokio::test]
@@ -442,7 +436,9 @@ async fn status_and_list_answer_the_guides_questions() {
     request_tenant(&env, "alpha");
     request_tenant(&env, "beta");
     // Days remaining, counted across month (and year) boundaries.
-    let migrations = provision_shared::migrate::TenantMigrations::embedded();
+    let migrations = provision_shared::migration_set::MigrationSet::in_force(&env.pool)
+        .await
+        .unwrap();
     let job = provision_shared::create_tenant::JobEnv {
         pool: &env.pool,
         sink: &crate::provisioning::NoQueue,
@@ -465,7 +461,7 @@ async fn status_and_list_answer_the_guides_questions() {
             .execute(&env.pool)
             .await
             .unwrap();
-        let status = provision_shared::status::tenant_status(&env.pool, "alpha", 1, date(today))
+        let status = provision_shared::status::tenant_status(&env.pool, "alpha", &migrations, date(today))
             .await
             .unwrap();
         assert_eq!(

@@ -13,11 +13,13 @@ use crate::servers::{PrivatePostgres, PrivateRedis};
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// A tenant migration 0002 that takes `seconds`, so steps are in flight
-/// long enough to interfere with (see [`SLOW`]).
+/// A tenant migration that takes `seconds`, so steps are in flight long
+/// enough to interfere with (see [`SLOW`]).
 fn slow_migrations(env: &mut TestEnv, seconds: f64) {
-    let slow = format!("SELECT pg_sleep({seconds});\nALTER TABLE buildings_building ADD COLUMN notes text;");
-    env.use_tenant_migrations(&[("0002_slow.sql", &slow)]);
+    let slow = format!(
+        "SELECT pg_sleep({seconds});\nALTER TABLE \"buildings_building\" ADD COLUMN \"notes\" text NULL;"
+    );
+    env.add_tenant_migrations(&[("buildings", "0002_slow", &slow)]);
 }
 
 /// What a session waits on while the slow migration runs.

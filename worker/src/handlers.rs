@@ -15,8 +15,8 @@ use provision_shared::demo_data::{SeedOutcome, run_seed_demo_data};
 use provision_shared::jobs::{
     CreateTenant, JobKind, JobRequest, JobSink, MigrateSchema, Payload, SeedDemoData,
 };
-use provision_shared::migrate::TenantMigrations;
 use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schemas};
+use provision_shared::migration_set::SetInForce;
 use provision_shared::operator::record_rejected_job;
 use provision_shared::retry::{RetryPolicy, backoff_ms};
 use provision_shared::{ProvisionError, TenantState, validate};
@@ -37,8 +37,9 @@ pub struct WorkerState {
     pub job_pools: JobPools,
     /// The queues, for follow-up jobs.
     pub queue: RedisQueue,
-    /// Tenant migrations to apply.
-    pub migrations: TenantMigrations,
+    /// The tenant migration set in force, swapped when a newer one is
+    /// imported.
+    pub migrations: SetInForce,
     /// This process's unique name, recorded as the actor of transitions.
     pub name: String,
     /// The one retry policy of every job kind.
@@ -204,10 +205,11 @@ pub async fn create_tenant(
         delivery = attempt.current()
     );
     async {
+        let set = state.migrations.get();
         let env = JobEnv {
             pool: state.job_pools.get(JobKind::CreateTenant),
             sink: &state.queue,
-            migrations: &state.migrations,
+            migrations: &set,
             actor: &state.name,
             policy: state.policy,
         };
@@ -322,9 +324,10 @@ pub async fn migrate_schema_job(
     async {
         let schema_names: Vec<String> = job.schema_names().into_iter().map(str::to_owned).collect();
         let run_id = job.run_id;
+        let set = state.migrations.get();
         let result = migrate_run_schemas(
             state.job_pools.get(JobKind::MigrateSchema),
-            &state.migrations,
+            &set,
             run_id,
             &schema_names,
             state.policy,
@@ -335,6 +338,12 @@ pub async fn migrate_schema_job(
         let outcomes = match result {
             Ok(outcomes) => outcomes,
             Err(e) => {
+                if let ProvisionError::StaleSet(why) = &e {
+                    tracing::info!(%why, "loading the tenant migration set in force");
+                    if let Err(reload) = state.migrations.reload(&state.pool).await {
+                        tracing::warn!(error = %reload, "could not load the tenant migration set");
+                    }
+                }
                 let mut again = JobRequest::migrate(run_id, &job.schema_name);
                 again.more_schema_names = job.more_schema_names.clone();
                 return escape(&state, e, attempt.current(), again).await;

@@ -83,13 +83,6 @@ async fn main() -> ExitCode {
             }
         }
     };
-    let migrations = match cli.connection.tenant_migrations() {
-        Ok(set) => set,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the tenant migrations");
-            return ExitCode::from(2);
-        }
-    };
     let migrate_all_cron = match parse_schedule(&cli.migrate_all_cron) {
         Ok(schedule) => schedule,
         Err(e) => {
@@ -111,7 +104,6 @@ async fn main() -> ExitCode {
         policy: provision_shared::retry::RetryPolicy {
             max_attempts: cli.max_attempts,
         },
-        migrations,
     };
     match run_worker(settings, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

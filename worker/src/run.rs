@@ -14,7 +14,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use provision_shared::db;
 use provision_shared::jobs::JobKind;
-use provision_shared::migrate::{TenantMigrations, apply_public_migrations};
+use provision_shared::migration_set::import::{SET_CHANNEL, store_built_in_if_none};
+use provision_shared::migration_set::{MigrationSet, SetInForce};
+use provision_shared::public_schema::prepare_public_schema;
 use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
@@ -152,8 +154,6 @@ pub struct WorkerSettings {
     pub heartbeat: Option<Duration>,
     /// The one retry policy of every job kind.
     pub policy: provision_shared::retry::RetryPolicy,
-    /// Tenant migrations to apply.
-    pub migrations: TenantMigrations,
     /// When the nightly migrate-all fires (`None`: never).
     pub migrate_all_cron: Option<cron::Schedule>,
     /// Where `/metrics` and `/healthz` are served (`None`: nowhere).
@@ -199,6 +199,60 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Loads each tenant migration set an import announces, until `stop`. The
+/// listening connection reconnects by itself after an error; a set stored
+/// while it was away is loaded when it is back.
+async fn follow_migration_sets(
+    state: Arc<WorkerState>,
+    database_url: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    while !*stop.borrow() {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&database_url).await?;
+            listener.listen(SET_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let connected = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            listener = listener => listener,
+        };
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(error = %e, "could not listen for tenant migration sets");
+                let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        failures = 0;
+        loop {
+            match state.migrations.reload(&state.pool).await {
+                Ok(Some(version)) => tracing::info!(version, "tenant migration set in force"),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not load the tenant migration set"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                received = listener.try_recv() => match received {
+                    // A notification, or the connection back after a loss
+                    // (what was announced meanwhile is lost): look again.
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "listening for tenant migration sets failed");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// Prepares the database (created if missing, public migrations applied
 /// under a lock) and runs the workers until `stop` resolves.
 pub async fn run_worker(
@@ -216,12 +270,32 @@ pub async fn run_worker(
     let pool = db::connect(&settings.database_url, 4)
         .await
         .with_context(|| format!("PostgreSQL at {}", db::redact_url(&settings.database_url)))?;
-    let applied = apply_public_migrations(&pool)
+    let prepared = prepare_public_schema(&pool)
         .await
-        .context("applying public migrations")?;
-    if !applied.is_empty() {
-        tracing::info!(?applied, "applied public migrations");
+        .context("preparing the public schema")?;
+    if prepared.platform_tables_made {
+        tracing::info!("made the platform's tenant tables, as its Django migrations make them");
     }
+    if !prepared.applied.is_empty() {
+        tracing::info!(applied = ?prepared.applied, "applied public migrations");
+    }
+    if let Some(stored) = store_built_in_if_none(&pool)
+        .await
+        .context("storing the built-in tenant migration set")?
+    {
+        tracing::info!(
+            version = stored.version,
+            "stored the built-in tenant migration set"
+        );
+    }
+    let set = MigrationSet::in_force(&pool)
+        .await
+        .context("loading the tenant migration set")?;
+    tracing::info!(
+        version = set.version(),
+        migrations = set.len(),
+        "tenant migration set in force"
+    );
     let queue = RedisQueue::connect(&settings.redis_url, &settings.namespace)
         .await
         .with_context(|| format!("Redis at {}", db::redact_url(&settings.redis_url)))?;
@@ -233,7 +307,7 @@ pub async fn run_worker(
         pool,
         job_pools,
         queue: queue.clone(),
-        migrations: settings.migrations.clone(),
+        migrations: SetInForce::new(set),
         name: name.clone(),
         policy: settings.policy,
         metrics: settings.metrics.clone(),
@@ -298,6 +372,11 @@ pub async fn run_worker(
         }
         workers.spawn(loops.run(Loop::Cron, 0));
     }
+    let set_listener = tokio::spawn(follow_migration_sets(
+        state.clone(),
+        settings.database_url.clone(),
+        stop_rx.clone(),
+    ));
     let maintenance = tokio::spawn(maintenance::run(
         state.clone(),
         settings.stale_after,
@@ -405,6 +484,7 @@ pub async fn run_worker(
     }
     let _ = maintenance.await;
     let _ = listener.await;
+    let _ = set_listener.await;
     nudgers.join_all().await;
     // Give the pool a moment to close its connections cleanly.
     tokio::time::timeout(Duration::from_secs(5), async {

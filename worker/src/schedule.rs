@@ -42,10 +42,10 @@ pub fn previous_tick(schedule: &Schedule, now: DateTime<Utc>) -> Option<DateTime
 pub async fn run_for_tick(state: &WorkerState, tick: DateTime<Utc>) -> Result<RunStart, ProvisionError> {
     let started = start_run(
         &state.pool,
+        &state.migrations.get(),
         RunTrigger::Cron(tick),
         RunScope::All,
         &state.name,
-        state.migrations.latest(),
     )
     .await?;
     match &started {

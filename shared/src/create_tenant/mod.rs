@@ -18,13 +18,13 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::error::{ProvisionError, sqlstate_of, violated_constraint};
 use crate::jobs::{JobKind, JobRequest, JobSink};
-use crate::migrate::{
-    TenantMigrations, explain_migration_error, guard_message, recorded_version, write_one_by_one,
-};
+use crate::ledger::{Ledger, read_ledger};
+use crate::migration_set::MigrationSet;
 use crate::names::{constraint, sqlstate};
 use crate::retry::{Next, RetryPolicy, backoff_ms};
 use crate::sql::{Ident, Script, ScriptOutput};
 use crate::state::{Step, TenantState};
+use crate::tenant_migration::{explain_migration_error, guard_message, write_one_by_one};
 
 use lock::{Begun, TenantLock, TenantRow};
 use steps::{Planned, StepMarkers, Tenant, plan, write_steps};
@@ -37,8 +37,8 @@ pub struct JobEnv<'a, S> {
     pub pool: &'a PgPool,
     /// The queue, for follow-up jobs.
     pub sink: &'a S,
-    /// The tenant migrations to apply.
-    pub migrations: &'a TenantMigrations,
+    /// The tenant migration set in force.
+    pub migrations: &'a MigrationSet,
     /// Recorded as the actor of every transition (the worker's name).
     pub actor: &'a str,
     /// When a failed step is tried again, and when it is failed for good.
@@ -151,7 +151,15 @@ async fn drive_steps<S: JobSink>(
             actor: env.actor,
         };
         let mut script = Script::new();
-        let markers = write_steps(&mut script, &tenant, &planned, row.attempt, 0)?;
+        // The schema is new (made by this transaction, or by one before
+        // it): its ledger does not exist yet.
+        let markers = write_steps(
+            &mut script,
+            &tenant,
+            &planned,
+            row.attempt,
+            Some(&Ledger::NoLedger),
+        )?;
         let unlock = lock.write_unlock(&mut script);
         let sent = std::time::Instant::now();
         match script.finish()?.run(lock.conn()).await {
@@ -297,10 +305,10 @@ fn log_transitions(
 }
 
 /// Runs one step on its own: its effect and transition in one transaction.
-/// For `migrate`, what the schema has recorded is read and checked first,
-/// and the migrations after it go one transaction each before the
-/// transition, so one that fails leaves those before it applied and is
-/// named. Returns the tenant's demo data state as the transition saw it.
+/// For `migrate`, the schema's ledger is read first, and the migrations it
+/// lacks go one transaction each before the transition, so one that fails
+/// leaves those before it applied and is named. Returns the tenant's demo
+/// data state as the transition saw it.
 async fn run_step<S: JobSink>(
     env: &JobEnv<'_, S>,
     conn: &mut PgConnection,
@@ -310,11 +318,9 @@ async fn run_step<S: JobSink>(
 ) -> Result<Option<String>, ProvisionError> {
     let mut script = Script::new();
     let mut commits = Vec::new();
-    let mut applied = 0;
     if planned.step == Step::Migrate {
-        let recorded = recorded_version(conn, env.migrations, schema.name()).await?;
-        commits = write_one_by_one(&mut script, env.migrations, schema, recorded);
-        applied = env.migrations.latest().max(recorded);
+        let ledger = read_ledger(env.pool, env.migrations, schema.name()).await?;
+        commits = write_one_by_one(&mut script, env.migrations, schema, &ledger)?;
     }
     let tenant = Tenant {
         schema,
@@ -322,15 +328,15 @@ async fn run_step<S: JobSink>(
         migrations: env.migrations,
         actor: env.actor,
     };
-    let markers = write_steps(&mut script, &tenant, &[planned], row.attempt, applied)?;
+    let markers = write_steps(&mut script, &tenant, &[planned], row.attempt, None)?;
     match script.finish()?.run(conn).await {
         Ok(output) => Ok(output.get(markers.moved).transpose()?.flatten()),
         Err(failure) => {
-            if let Some((version, _)) = commits.iter().find(|(_, done)| !failure.output.reached(*done)) {
+            if let Some((position, _)) = commits.iter().find(|(_, done)| !failure.output.reached(*done)) {
                 return Err(explain_migration_error(
                     env.migrations,
                     schema.name(),
-                    *version,
+                    *position,
                     failure.error,
                 ));
             }
@@ -349,6 +355,7 @@ async fn explain_step_error(
 ) -> ProvisionError {
     match (step, sqlstate_of(&error).as_deref()) {
         (_, Some(sqlstate::GUARD_FAILED)) => ProvisionError::Contended(guard_message(&error)),
+        (_, Some(sqlstate::STALE_SET)) => ProvisionError::StaleSet(guard_message(&error)),
         (Step::Register, _) => explain_register_conflict(pool, error, row).await,
         // Made by someone else, since this step commits the schema and the
         // transition together.

@@ -6,9 +6,11 @@
 use chrono::{DateTime, Utc};
 
 use crate::error::ProvisionError;
-use crate::migrate::{Target, TenantMigrations, write_migrations};
+use crate::ledger::Ledger;
+use crate::migration_set::MigrationSet;
 use crate::sql::{Ident, Marker, Script};
 use crate::state::{Step, TenantState};
+use crate::tenant_migration::{Target, write_migrations};
 
 use super::lock::TenantRow;
 
@@ -41,7 +43,7 @@ pub(super) fn plan(mut state: TenantState, max_steps: usize) -> Vec<Planned> {
 pub(super) struct Tenant<'a> {
     pub(super) schema: &'a Ident,
     pub(super) row: &'a TenantRow,
-    pub(super) migrations: &'a TenantMigrations,
+    pub(super) migrations: &'a MigrationSet,
     pub(super) actor: &'a str,
 }
 
@@ -69,9 +71,10 @@ fn done_setting(step: Step) -> &'static str {
 
 /// Writes `planned` as one transaction: each step's effect followed by the
 /// time it was done, then one guarded state change from the first state to
-/// the last that records a history row per step. `applied` is the newest
-/// tenant migration in the schema (the `migrate` step applies those after
-/// it); `attempt` is the execution of the first step (the others run for
+/// the last that records a history row per step. `ledger` is what the
+/// schema's `django_migrations` holds before the `migrate` step, which
+/// applies what it lacks (`None`: the migrations were sent before, one
+/// transaction each); `attempt` is the execution of the first step (the others run for
 /// the first time). One transaction rather than one per step: a crash
 /// leaves the tenant as it was, and the state changes and history of five
 /// steps cost one statement instead of five, which PostgreSQL must parse
@@ -81,7 +84,7 @@ pub(super) fn write_steps(
     tenant: &Tenant<'_>,
     planned: &[Planned],
     attempt: i32,
-    applied: i32,
+    ledger: Option<&Ledger>,
 ) -> Result<StepMarkers, ProvisionError> {
     let (first, last) = match (planned.first(), planned.last()) {
         (Some(first), Some(last)) => (*first, *last),
@@ -102,7 +105,7 @@ pub(super) fn write_steps(
     }
     let mut done_at = Vec::with_capacity(planned.len());
     for p in planned {
-        write_effect(script, tenant, p.step, applied)?;
+        write_effect(script, tenant, p.step, ledger)?;
         done_at.push(script.marker(|s| {
             s.sql("set_config(")
                 .sql(done_setting(p.step))
@@ -123,7 +126,7 @@ fn write_effect(
     script: &mut Script,
     tenant: &Tenant<'_>,
     step: Step,
-    applied: i32,
+    ledger: Option<&Ledger>,
 ) -> Result<(), ProvisionError> {
     let row = tenant.row;
     let name = tenant.schema.name();
@@ -149,35 +152,21 @@ fn write_effect(
                      INSERT INTO public.tenants_domain (domain, tenant_id, is_primary)
                      SELECT ",
             );
-            script.text(&row.domain).sql(
-                ", id, true FROM client)
-                 UPDATE public.provision_tenant SET tenant_id = (SELECT id FROM client)
-                 WHERE schema_name = ",
-            );
-            script.text(name).sql(";\n");
+            script
+                .text(&row.domain)
+                .sql(", id, true FROM client)\n SELECT 1;\n");
         }
         Step::CreateSchema => {
-            // The schema did not exist, so any migration records under its
-            // name are left from one dropped by hand: they are not its.
             script.sql("CREATE SCHEMA ").ident(tenant.schema).sql(";\n");
-            script
-                .sql("DELETE FROM public.provision_tenant_migration WHERE schema_name = ")
-                .text(name)
-                .sql(";\n");
         }
         Step::Migrate => {
-            let target = [Target {
-                ident: tenant.schema,
-                name,
-            }];
-            write_migrations(
-                script,
-                tenant.migrations,
-                &target,
-                applied,
-                tenant.migrations.latest(),
-                None,
-            );
+            if let Some(ledger) = ledger {
+                let target = [Target {
+                    ident: tenant.schema,
+                    ledger,
+                }];
+                write_migrations(script, tenant.migrations, &target, None, None)?;
+            }
         }
         Step::CreateAdmin => {
             let Some(hash) = row.admin_password_hash.as_deref() else {
@@ -185,13 +174,20 @@ fn write_effect(
                     "the admin password hash is gone before the admin was created".into(),
                 ));
             };
+            // Every column Django's model declares NOT NULL, given, as the
+            // table has no defaults; the email as Django's `create_user`
+            // normalizes it.
             script.sql("INSERT INTO ").ident(tenant.schema).sql(
                 ".users_customuser
-                     (password, email, role, is_staff, is_superuser, is_active, email_verified, date_joined)
+                     (password, last_login, is_superuser, email, first_name, last_name, role,
+                      is_staff, is_active, email_verified, date_joined)
                  VALUES (",
             );
-            script.text(hash).sql(", ").text(&row.admin_email);
-            script.sql(", 'admin', true, true, true, true, now())\n ON CONFLICT (email) DO NOTHING;\n");
+            script
+                .text(hash)
+                .sql(", NULL, true, ")
+                .text(&normalize_email(&row.admin_email));
+            script.sql(", '', '', 'admin', true, true, true, now())\n ON CONFLICT (email) DO NOTHING;\n");
         }
         Step::Activate => {
             script
@@ -201,6 +197,15 @@ fn write_effect(
         }
     }
     Ok(())
+}
+
+/// `email` as Django's `BaseUserManager.normalize_email` writes it: the
+/// domain part in lower case.
+fn normalize_email(email: &str) -> String {
+    match email.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_lowercase()),
+        None => email.to_owned(),
+    }
 }
 
 /// Moves the tenant from `from` to `to` and records a history row for each
