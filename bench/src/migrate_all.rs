@@ -157,6 +157,16 @@ fn push_bench_migration(document: &mut ExportDocument, k: usize) {
         sql: add_column(k),
         python: Vec::new(),
         changes_models: false,
+        public: false,
+        parents: vec![
+            document
+                .plan
+                .iter()
+                .rev()
+                .find(|m| m.app == "buildings")
+                .map(|m| ("buildings".to_owned(), m.name.clone()))
+                .expect("the platform model has buildings migrations"),
+        ],
     });
     document.ledger.push(("buildings".into(), name));
 }

@@ -13,6 +13,11 @@ CREATE TABLE provision_django_migration (
     -- Whether Django's post-migrate content types and permissions may
     -- change after it.
     changes_models boolean NOT NULL,
+    -- Whether it runs in the public schema (a shared app's); otherwise
+    -- Django only records it there.
+    in_public      boolean NOT NULL,
+    -- The migrations it depends on, [[app, name], ...].
+    parents        jsonb   NOT NULL DEFAULT '[]',
     -- The first set that had it.
     first_set      integer NOT NULL,
     PRIMARY KEY (app, name)

@@ -75,6 +75,9 @@ pub async fn start_run(
     scope: RunScope<'_>,
     started_by: &str,
 ) -> Result<RunStart, ProvisionError> {
+    if scope == RunScope::All {
+        record_in_public(pool, set).await?;
+    }
     let names: Vec<String> = match scope {
         RunScope::All => {
             sqlx::query_scalar(
@@ -118,6 +121,54 @@ pub async fn start_run(
     Err(ProvisionError::Contended(
         "migrate-all runs kept starting and finishing under us; try again".into(),
     ))
+}
+
+/// What the platform's `migrate_schemas` does in the public schema for a
+/// tenant app's migration, which its router keeps out of it: records it in
+/// `public.django_migrations` without running it (once what it depends on
+/// is recorded there, as Django would refuse otherwise), so that afterwards
+/// the platform's command finds nothing to apply. A shared app's migration,
+/// which would run there, is the platform's `migrate_schemas --shared` to
+/// apply. Returns how many were recorded.
+async fn record_in_public(pool: &PgPool, set: &MigrationSet) -> Result<usize, ProvisionError> {
+    let mut tx = pool.begin().await?;
+    let has_ledger: bool = sqlx::query_scalar("SELECT to_regclass('public.django_migrations') IS NOT NULL")
+        .fetch_one(&mut *tx)
+        .await?;
+    if !has_ledger {
+        return Ok(0);
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(advisory_key("public-ledger", ""))
+        .execute(&mut *tx)
+        .await?;
+    let recorded: Vec<(String, String)> = sqlx::query_as("SELECT app, name FROM public.django_migrations")
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut recorded: std::collections::HashSet<(String, String)> = recorded.into_iter().collect();
+    let mut record: Vec<(String, String)> = Vec::new();
+    for m in set.members() {
+        let key = (m.app.clone(), m.name.clone());
+        if m.in_public || recorded.contains(&key) || !m.parents.iter().all(|p| recorded.contains(p)) {
+            continue;
+        }
+        recorded.insert(key.clone());
+        record.push(key);
+    }
+    if record.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query(
+        "INSERT INTO public.django_migrations (app, name, applied)
+         SELECT app, name, clock_timestamp() FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS m(app, name, ord)
+         ORDER BY ord",
+    )
+    .bind(record.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>())
+    .bind(record.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(record.len())
 }
 
 /// The rows a run starts with.

@@ -63,7 +63,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(output: Output) -> Self {
+    /// From a finished process's output.
+    pub fn from_output(output: Output) -> Self {
         Self {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -399,7 +400,7 @@ impl TestEnv {
 
     /// Waits for a `provision` started by [`TestEnv::spawn_provision`].
     pub fn finish(child: Child) -> Run {
-        Run::from(child.wait_with_output().expect("provision output"))
+        Run::from_output(child.wait_with_output().expect("provision output"))
     }
 
     /// Runs `provision` with `args`, `stdin` fed to it.
@@ -411,7 +412,7 @@ impl TestEnv {
                 input.write_all(text.as_bytes()).expect("write stdin");
             }
         }
-        Run::from(child.wait_with_output().expect("provision output"))
+        Run::from_output(child.wait_with_output().expect("provision output"))
     }
 
     /// Runs `provision` with `args`.

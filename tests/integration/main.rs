@@ -9,6 +9,7 @@ mod input;
 mod migrations;
 mod observability;
 mod operators;
+mod platform;
 mod provisioning;
 mod resilience;
 mod servers;

@@ -107,6 +107,14 @@ def changes_models(migration):
     return walk(migration.operations)
 
 
+def runs_in_public(migration):
+    """Whether the router lets `migration` run in the public schema (a
+    shared app's), or only records it there (a tenant app's)."""
+    connection.set_schema_to_public()
+    allowed = router.allow_migrate(connection.alias, migration.app_label) is not False
+    return allowed
+
+
 def tenant_app_labels():
     """Apps whose migrations create the tenant model's tables."""
     labels = set()
@@ -213,6 +221,8 @@ def export():
         with connection.cursor() as cursor:
             cursor.execute(out["ledger_table_sql"])
         out["plan"] = []
+        in_public = {(m.app_label, m.name): runs_in_public(m) for m, _ in plan}
+        connection.set_schema(replayed)
         for migration, _ in plan:
             executor.loader.build_graph()
             sql = "\n".join(executor.loader.collect_sql([(migration, False)]))
@@ -225,6 +235,9 @@ def export():
                 "sql": sql,
                 "python": python_operations(migration),
                 "changes_models": changes_models(migration),
+                "public": in_public[(migration.app_label, migration.name)],
+                "parents": sorted([p.key[0], p.key[1]] for p in
+                                  executor.loader.graph.node_map[(migration.app_label, migration.name)].parents),
             })
         connection.set_schema(replayed, include_public=False)
         with connection.cursor() as cursor:

@@ -81,8 +81,9 @@ pub async fn export_from_platform(manage_py: &Path, python: &str) -> Result<Expo
         );
         // Django could not reach its database: the same as ours not
         // answering.
-        let unreachable = lines.last().is_some_and(|l| {
-            l.contains("OperationalError") && (l.contains("connect") || l.contains("Connection refused"))
+        let unreachable = lines[lines.len().saturating_sub(4)..].iter().any(|l| {
+            l.contains("OperationalError")
+                && (l.contains("connect") || l.contains("could not translate host name"))
         });
         return Err(if unreachable {
             ProvisionError::PlatformUnreachable(message)
@@ -233,15 +234,22 @@ pub async fn store(
     }
     let members = set.members();
     sqlx::query(
-        "INSERT INTO public.provision_django_migration (app, name, sql, checksum, python, changes_models, first_set)
-         SELECT app, name, sql, checksum, python::jsonb, changes_models, $7
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[])
-              AS m(app, name, sql, checksum, python, changes_models)
+        "INSERT INTO public.provision_django_migration
+             (app, name, sql, checksum, python, changes_models, in_public, parents, first_set)
+         SELECT app, name, sql, checksum, python::jsonb, changes_models, in_public, parents::jsonb, $9
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[],
+                     $7::boolean[], $8::text[])
+              AS m(app, name, sql, checksum, python, changes_models, in_public, parents)
          ON CONFLICT (app, name) DO NOTHING",
     )
     .bind(members.iter().map(|m| m.app.clone()).collect::<Vec<_>>())
     .bind(members.iter().map(|m| m.name.clone()).collect::<Vec<_>>())
-    .bind(members.iter().map(|m| m.sql.as_str().to_owned()).collect::<Vec<_>>())
+    .bind(
+        members
+            .iter()
+            .map(|m| m.sql.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
     .bind(members.iter().map(|m| m.checksum.clone()).collect::<Vec<_>>())
     .bind(
         members
@@ -250,6 +258,13 @@ pub async fn store(
             .collect::<Vec<_>>(),
     )
     .bind(members.iter().map(|m| m.changes_models).collect::<Vec<_>>())
+    .bind(members.iter().map(|m| m.in_public).collect::<Vec<_>>())
+    .bind(
+        members
+            .iter()
+            .map(|m| serde_json::to_string(&m.parents).expect("a list of pairs"))
+            .collect::<Vec<_>>(),
+    )
     .bind(version)
     .execute(&mut *tx)
     .await?;

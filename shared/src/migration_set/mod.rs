@@ -51,6 +51,13 @@ pub struct ExportedMigration {
     /// Whether Django's post-migrate content types and permissions may
     /// change after it.
     pub changes_models: bool,
+    /// Whether the router lets it run in the public schema (a shared app's
+    /// migration); otherwise Django only records it there.
+    #[serde(default)]
+    pub public: bool,
+    /// The migrations it depends on, `[app, name]`.
+    #[serde(default)]
+    pub parents: Vec<(String, String)>,
 }
 
 /// A migration of the public schema that makes the platform's tenant tables.
@@ -123,6 +130,10 @@ pub struct Member {
     pub python: Vec<String>,
     /// See [`ExportedMigration::changes_models`].
     pub changes_models: bool,
+    /// See [`ExportedMigration::public`].
+    pub in_public: bool,
+    /// See [`ExportedMigration::parents`].
+    pub parents: Vec<(String, String)>,
 }
 
 impl Member {
@@ -262,6 +273,8 @@ impl MigrationSet {
                 sql: ReviewedSql::new(m.sql.clone()),
                 python: m.python.clone(),
                 changes_models: m.changes_models,
+                in_public: m.public,
+                parents: m.parents.clone(),
             })
             .collect();
         let content_types = document
@@ -303,7 +316,10 @@ impl MigrationSet {
         made_with: (Option<String>, Option<String>),
     ) -> Self {
         let canonical = serde_json::json!({
-            "plan": members.iter().map(|m| serde_json::json!([m.app, m.name, m.checksum, m.python, m.changes_models])).collect::<Vec<_>>(),
+            "plan": members
+                .iter()
+                .map(|m| serde_json::json!([m.app, m.name, m.checksum, m.python, m.changes_models, m.in_public, m.parents]))
+                .collect::<Vec<_>>(),
             "ledger_table_sql": ledger_table_sql.as_str(),
             "content_types": content_types,
             "permissions": permissions,
@@ -426,9 +442,12 @@ impl MigrationSet {
             String,
             sqlx::types::Json<Vec<String>>,
             bool,
+            bool,
+            sqlx::types::Json<Vec<(String, String)>>,
         );
         let rows: Vec<MemberRow> = sqlx::query_as(
-            "SELECT m.position, m.app, m.name, d.sql, d.checksum, d.python, d.changes_models
+            "SELECT m.position, m.app, m.name, d.sql, d.checksum, d.python, d.changes_models,
+                    d.in_public, d.parents
              FROM public.provision_migration_set_member m
              JOIN public.provision_django_migration d USING (app, name)
              WHERE m.set_version = $1 ORDER BY m.position",
@@ -439,7 +458,7 @@ impl MigrationSet {
         let members = rows
             .into_iter()
             .map(
-                |(position, app, name, sql, checksum, python, changes_models)| Member {
+                |(position, app, name, sql, checksum, python, changes_models, in_public, parents)| Member {
                     position,
                     app,
                     name,
@@ -447,6 +466,8 @@ impl MigrationSet {
                     checksum,
                     python: python.0,
                     changes_models,
+                    in_public,
+                    parents: parents.0,
                 },
             )
             .collect();
