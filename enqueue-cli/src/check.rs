@@ -411,6 +411,11 @@ async fn schemas(pool: &PgPool) -> (CheckItem, CheckItem) {
     };
     let (set, names, ledgers, unregistered) = match read.await {
         Ok(found) => found,
+        Err(e @ ProvisionError::NoMigrationSet) => {
+            let hint = "run `provision import-migrations --manage-py <the platform's manage.py>`";
+            let fail = |name| CheckItem::fail(name, e.to_string(), hint);
+            return (fail("schemas_behind"), fail("orphans"));
+        }
         Err(e) => {
             let fail = |name| CheckItem::fail(name, e.to_string(), "run `provision init`");
             return (fail("schemas_behind"), fail("orphans"));

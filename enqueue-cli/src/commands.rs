@@ -380,10 +380,15 @@ async fn seed_demo_data(ctx: &Ctx, args: SeedArgs) -> Result<ExitCode, CliError>
 async fn status(ctx: &Ctx, args: StatusArgs) -> Result<ExitCode, CliError> {
     existing_schema_name(&args.schema_name)?;
     let pool = ctx.pool().await?;
-    let set = ctx.migrations(&pool).await?;
-    let status = tenant_status(&pool, &args.schema_name, &set, chrono::Utc::now().date_naive())
-        .await
-        .map_err(|e| ctx.error(e))?;
+    let set = MigrationSet::latest(&pool).await.map_err(|e| ctx.error(e))?;
+    let status = tenant_status(
+        &pool,
+        &args.schema_name,
+        set.as_ref(),
+        chrono::Utc::now().date_naive(),
+    )
+    .await
+    .map_err(|e| ctx.error(e))?;
     if args.json {
         print_json(&status);
     } else {

@@ -65,6 +65,14 @@ pub enum ProvisionError {
         message: String,
     },
 
+    /// No tenant migration set is stored yet (a database the platform made,
+    /// before `import-migrations`). Transient: a job waits for the import.
+    #[error(
+        "no tenant migration set is stored: run `provision import-migrations --manage-py <the platform's manage.py>` \
+         (a database `provision init` made from nothing has the built-in one)"
+    )]
+    NoMigrationSet,
+
     /// The tenant migration set in force changed while a job ran.
     /// Transient: the job runs again with the new set.
     #[error("{0}")]
@@ -111,7 +119,11 @@ impl ProvisionError {
             | Self::WrongState(_)
             | Self::Migration { .. }
             | Self::Platform(_) => true,
-            Self::Queue(_) | Self::Contended(_) | Self::StaleSet(_) | Self::PlatformUnreachable(_) => false,
+            Self::Queue(_)
+            | Self::Contended(_)
+            | Self::StaleSet(_)
+            | Self::NoMigrationSet
+            | Self::PlatformUnreachable(_) => false,
             Self::Database(e) => !is_transient_db_error(e),
         }
     }
@@ -136,6 +148,7 @@ impl ProvisionError {
             Self::Contended(_) => "contended",
             Self::Migration { .. } => "migration",
             Self::StaleSet(_) => "stale_migration_set",
+            Self::NoMigrationSet => "no_migration_set",
             Self::Platform(_) => "platform",
             Self::PlatformUnreachable(_) => "platform_unreachable",
             Self::Queue(_) => "redis_unreachable",

@@ -134,12 +134,13 @@ struct StatusRow {
     has_tables: bool,
 }
 
-/// The status of one tenant against the migration set `set`; `today` is
-/// the date days remaining count from (UTC today, for operators).
+/// The status of one tenant against the migration set `set` (none before
+/// the first import: its migrations are then not shown); `today` is the
+/// date days remaining count from (UTC today, for operators).
 pub async fn tenant_status(
     pool: &PgPool,
     schema_name: &str,
-    set: &MigrationSet,
+    set: Option<&MigrationSet>,
     today: NaiveDate,
 ) -> Result<TenantStatus, ProvisionError> {
     let row: Option<StatusRow> = sqlx::query_as(
@@ -188,10 +189,9 @@ pub async fn tenant_status(
         (None, None)
     };
     let history = tenant_history(pool, schema_name, 0).await?;
-    let ledger = if public {
-        None
-    } else {
-        Some(read_ledger(pool, set, schema_name).await?)
+    let ledger = match set {
+        Some(set) if !public => Some((set, read_ledger(pool, set, schema_name).await?)),
+        _ => None,
     };
     let made_by = match (public, row.state.is_some()) {
         (true, _) => "public",
@@ -204,7 +204,7 @@ pub async fn tenant_status(
         state: row.state.unwrap_or_else(|| EXTERNAL_STATE.to_owned()),
         made_by: made_by.to_owned(),
         gone: !row.in_client,
-        schema_exists: public || ledger.as_ref().is_some_and(|l| l != &Ledger::NoSchema),
+        schema_exists: public || schema_exists(pool, schema_name).await?,
         failed_step: row.failed_step,
         last_error: row.last_error,
         attempt: row.attempt.unwrap_or(0),
@@ -217,7 +217,7 @@ pub async fn tenant_status(
         buildings,
         users,
         demo_data: row.demo_data,
-        migration: ledger.map(|ledger| MigrationInfo {
+        migration: ledger.map(|(set, ledger)| MigrationInfo {
             applied: i32::try_from(ledger.applied_count()).unwrap_or(i32::MAX),
             latest: i32::try_from(set.len()).unwrap_or(i32::MAX),
             set_version: set.version(),
@@ -231,6 +231,15 @@ pub async fn tenant_status(
         job_id: row.job_id,
         history,
     })
+}
+
+async fn schema_exists(pool: &PgPool, schema_name: &str) -> Result<bool, ProvisionError> {
+    Ok(
+        sqlx::query_scalar("SELECT to_regnamespace(quote_ident($1)) IS NOT NULL")
+            .bind(schema_name)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// The tenant's history entries after the one numbered `after_id` (0: all),

@@ -461,9 +461,10 @@ async fn status_and_list_answer_the_guides_questions() {
             .execute(&env.pool)
             .await
             .unwrap();
-        let status = provision_shared::status::tenant_status(&env.pool, "alpha", &migrations, date(today))
-            .await
-            .unwrap();
+        let status =
+            provision_shared::status::tenant_status(&env.pool, "alpha", Some(&migrations), date(today))
+                .await
+                .unwrap();
         assert_eq!(
             status.days_remaining,
             Some(days),

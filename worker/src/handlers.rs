@@ -205,7 +205,11 @@ pub async fn create_tenant(
         delivery = attempt.current()
     );
     async {
-        let set = state.migrations.get();
+        let again = || JobRequest::now(JobKind::CreateTenant, &job.schema_name);
+        let set = match state.migrations.get() {
+            Ok(set) => set,
+            Err(e) => return escape(&state, e, attempt.current(), again()).await,
+        };
         let env = JobEnv {
             pool: state.job_pools.get(JobKind::CreateTenant),
             sink: &state.queue,
@@ -324,7 +328,14 @@ pub async fn migrate_schema_job(
     async {
         let schema_names: Vec<String> = job.schema_names().into_iter().map(str::to_owned).collect();
         let run_id = job.run_id;
-        let set = state.migrations.get();
+        let set = match state.migrations.get() {
+            Ok(set) => set,
+            Err(e) => {
+                let mut again = JobRequest::migrate(job.run_id, &job.schema_name);
+                again.more_schema_names = job.more_schema_names.clone();
+                return escape(&state, e, attempt.current(), again).await;
+            }
+        };
         let result = migrate_run_schemas(
             state.job_pools.get(JobKind::MigrateSchema),
             &set,

@@ -288,14 +288,19 @@ pub async fn run_worker(
             "stored the built-in tenant migration set"
         );
     }
-    let set = MigrationSet::in_force(&pool)
+    let set = MigrationSet::latest(&pool)
         .await
         .context("loading the tenant migration set")?;
-    tracing::info!(
-        version = set.version(),
-        migrations = set.len(),
-        "tenant migration set in force"
-    );
+    match &set {
+        Some(set) => tracing::info!(
+            version = set.version(),
+            migrations = set.len(),
+            "tenant migration set in force"
+        ),
+        None => tracing::warn!(
+            "no tenant migration set is stored yet: tenants wait for `provision import-migrations`"
+        ),
+    }
     let queue = RedisQueue::connect(&settings.redis_url, &settings.namespace)
         .await
         .with_context(|| format!("Redis at {}", db::redact_url(&settings.redis_url)))?;

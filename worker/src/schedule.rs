@@ -42,7 +42,7 @@ pub fn previous_tick(schedule: &Schedule, now: DateTime<Utc>) -> Option<DateTime
 pub async fn run_for_tick(state: &WorkerState, tick: DateTime<Utc>) -> Result<RunStart, ProvisionError> {
     let started = start_run(
         &state.pool,
-        &state.migrations.get(),
+        &state.migrations.get()?,
         RunTrigger::Cron(tick),
         RunScope::All,
         &state.name,

@@ -131,7 +131,7 @@ pub struct PythonMigration {
     pub operations: Vec<String>,
 }
 
-/// Stores `set` (from `document`) as the next version, unless it is the
+/// Stores `set` as the next version, unless it is the
 /// newest stored set already, or rewrites or drops a migration some stored
 /// set has. With `dry_run`, says what it would do and stores nothing. A
 /// stored set is announced on [`SET_CHANNEL`] when the transaction commits.
@@ -304,16 +304,29 @@ pub async fn store(
     Ok(report)
 }
 
-/// Stores the built-in set when the database has none yet: what `init` and
-/// a worker's start do, so every command uses a stored set.
+/// Stores the built-in set on a database whose platform tables this
+/// project made from nothing (the demo: its public ledger holds only what
+/// `prepare_public_schema` recorded), when it has no set yet: what `init`
+/// and a worker's start do. A database the platform made gets no set until
+/// `import-migrations` reads the platform's own, since the model's would not
+/// be the platform's.
 pub async fn store_built_in_if_none(pool: &PgPool) -> Result<Option<ImportReport>, ProvisionError> {
-    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM public.provision_migration_set)")
-        .fetch_one(pool)
-        .await?;
-    if any {
+    let set = MigrationSet::built_in();
+    let apps: Vec<String> = set.public_tables().iter().map(|m| m.app.clone()).collect();
+    let names: Vec<String> = set.public_tables().iter().map(|m| m.name.clone()).collect();
+    let (any_set, platform_made): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM public.provision_migration_set),
+                to_regclass('public.django_migrations') IS NULL OR EXISTS (
+                    SELECT 1 FROM public.django_migrations m
+                    WHERE NOT ((m.app, m.name) = ANY (SELECT * FROM unnest($1::text[], $2::text[]))))",
+    )
+    .bind(&apps)
+    .bind(&names)
+    .fetch_one(pool)
+    .await?;
+    if any_set || platform_made {
         return Ok(None);
     }
-    let set = MigrationSet::built_in();
     let report = store(pool, &set, "built-in", "provision", false).await?;
     Ok(Some(report))
 }

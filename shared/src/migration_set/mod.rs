@@ -412,10 +412,12 @@ impl MigrationSet {
         }
     }
 
-    /// The newest stored set, or the built-in one when none is stored (the
-    /// worker stores it at start; `provision init` too).
+    /// The newest stored set: the one every command and worker uses. A
+    /// database the platform made has none until `import-migrations` reads
+    /// the platform's own; one `provision init` made from nothing has the
+    /// built-in set.
     pub async fn in_force(pool: &PgPool) -> Result<Self, ProvisionError> {
-        Ok(Self::latest(pool).await?.unwrap_or_else(Self::built_in))
+        Self::latest(pool).await?.ok_or(ProvisionError::NoMigrationSet)
     }
 
     /// Set `version` as stored.
@@ -485,23 +487,27 @@ impl MigrationSet {
 
 /// The set a long-running process (a worker) uses, swapped for a newer one
 /// when an import announces it ([`import::SET_CHANNEL`]) or a job finds
-/// its set is not the one in force any more.
+/// its set is not the one in force any more. None before the first import.
 #[derive(Debug)]
 pub struct SetInForce {
-    current: std::sync::RwLock<MigrationSet>,
+    current: std::sync::RwLock<Option<MigrationSet>>,
 }
 
 impl SetInForce {
     /// Starts with `set`.
-    pub fn new(set: MigrationSet) -> Self {
+    pub fn new(set: Option<MigrationSet>) -> Self {
         Self {
             current: std::sync::RwLock::new(set),
         }
     }
 
-    /// The set now (cheap: a shared handle).
-    pub fn get(&self) -> MigrationSet {
-        self.current.read().expect("set lock").clone()
+    /// The set now (cheap: a shared handle), or why there is none.
+    pub fn get(&self) -> Result<MigrationSet, ProvisionError> {
+        self.current
+            .read()
+            .expect("set lock")
+            .clone()
+            .ok_or(ProvisionError::NoMigrationSet)
     }
 
     /// Loads the newest stored set if it is newer; returns its version when
@@ -511,9 +517,10 @@ impl SetInForce {
             return Ok(None);
         };
         let mut current = self.current.write().expect("set lock");
-        if latest.version() > current.version() {
-            *current = latest;
-            return Ok(Some(current.version()));
+        if current.as_ref().is_none_or(|c| latest.version() > c.version()) {
+            let version = latest.version();
+            *current = Some(latest);
+            return Ok(Some(version));
         }
         Ok(None)
     }
