@@ -187,6 +187,15 @@ impl BenchEnv {
     /// Starts a worker with `concurrency` (it loads the tenant migration set
     /// in force); returns once it is taking jobs.
     pub(crate) async fn start_worker(&self, concurrency: usize) -> anyhow::Result<Worker> {
+        self.start_worker_with(concurrency, &[]).await
+    }
+
+    /// [`BenchEnv::start_worker`] with more environment variables.
+    pub(crate) async fn start_worker_with(
+        &self,
+        concurrency: usize,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Worker> {
         std::fs::create_dir_all(&self.dir)?;
         let log = self.dir.join(format!("worker-{}.log", ulid::Ulid::generate()));
         let file = std::fs::File::create(&log)?;
@@ -201,6 +210,7 @@ impl BenchEnv {
                 std::env::var("PROVISION_BENCH_WORKER_LOG")
                     .unwrap_or_else(|_| "warn,provision_worker::run=info".into()),
             )
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)

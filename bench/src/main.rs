@@ -1,5 +1,5 @@
-//! `provision-bench`: measures migrate-all (issue 3) and provisioning
-//! (issue 6) on a fresh database and Redis namespace of its own, each
+//! `provision-bench`: measures migrate-all (issue 3), provisioning
+//! (issue 6) and the signup SQL API's pick-up (issue 16) on a fresh database and Redis namespace of its own, each
 //! figure beside its lower bound measured in the same run, and prints one
 //! table. It asserts no timing: it fails only when something does not
 //! work (a failed schema or tenant, a run that never ends), so CI can run
@@ -13,6 +13,7 @@ mod migrate_all;
 mod progress;
 mod provision;
 mod report;
+mod signup;
 
 use std::process::ExitCode;
 
@@ -61,7 +62,13 @@ enum Command {
     /// Example: provision-bench provision --tenants 2000 --growth
     Provision(ProvisionArgs),
 
-    /// Both, with their defaults, in one table.
+    /// From a signup's commit (`provision_request_tenant`) to its job's
+    /// start, with a listening worker and with the reconciler only.
+    ///
+    /// Example: provision-bench signup --signups 200
+    Signup(SignupArgs),
+
+    /// All three, with their defaults, in one table.
     ///
     /// Example: provision-bench all --quick
     All(AllArgs),
@@ -88,6 +95,21 @@ struct BurstArgs {
     /// Concurrency of each worker.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     concurrency: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SignupArgs {
+    /// Signups of each listened-for repetition.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    signups: u32,
+
+    /// Signups of each reconciler-only repetition (spread over 5 s).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    reconciler_signups: u32,
+
+    /// Repetitions of each measurement.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -128,7 +150,7 @@ struct ProvisionArgs {
 
 #[derive(Debug, Clone, Args)]
 struct AllArgs {
-    /// A tiny run (20 schemas, 10 signups, 50 tenants, once) that checks
+    /// A tiny run (20 schemas, 10 signups, 50 tenants, 8 SQL signups, once) that checks
     /// the bench still works; its figures mean little.
     #[arg(long)]
     quick: bool,
@@ -142,6 +164,16 @@ impl MigrateAllArgs {
     fn options(&self) -> migrate_all::Options {
         migrate_all::Options {
             schemas: self.schemas as usize,
+            repeat: self.repeat as usize,
+        }
+    }
+}
+
+impl SignupArgs {
+    fn options(&self) -> signup::Options {
+        signup::Options {
+            signups: self.signups as usize,
+            reconciler_signups: self.reconciler_signups as usize,
             repeat: self.repeat as usize,
         }
     }
@@ -163,6 +195,7 @@ impl ProvisionArgs {
 enum Part {
     MigrateAll(migrate_all::Options),
     Provision(provision::Options),
+    Signup(signup::Options),
 }
 
 impl Command {
@@ -171,6 +204,7 @@ impl Command {
             Self::MigrateAll(args) => vec![Part::MigrateAll(args.options())],
             Self::Burst(_) => Vec::new(),
             Self::Provision(args) => vec![Part::Provision(args.options())],
+            Self::Signup(args) => vec![Part::Signup(args.options())],
             Self::All(args) if args.quick => vec![
                 Part::MigrateAll(migrate_all::Options {
                     schemas: 20,
@@ -181,6 +215,11 @@ impl Command {
                     signups: 10,
                     repeat: 1,
                     growth: args.growth.then_some(300),
+                }),
+                Part::Signup(signup::Options {
+                    signups: 5,
+                    reconciler_signups: 3,
+                    repeat: 1,
                 }),
             ],
             Self::All(args) => vec![
@@ -194,6 +233,11 @@ impl Command {
                     repeat: 3,
                     growth: args.growth.then_some(5000),
                 }),
+                Part::Signup(signup::Options {
+                    signups: 50,
+                    reconciler_signups: 20,
+                    repeat: 3,
+                }),
             ],
         }
     }
@@ -202,6 +246,7 @@ impl Command {
         match self {
             Self::MigrateAll(_) => "migrate-all",
             Self::Provision(_) => "provision",
+            Self::Signup(_) => "signup",
             Self::All(_) => "all",
             Self::Burst(_) => "burst",
         }
@@ -309,6 +354,7 @@ async fn measure(
             match part {
                 Part::MigrateAll(options) => migrate_all::run(&env, options, report).await,
                 Part::Provision(options) => provision::run(&env, options, report).await,
+                Part::Signup(options) => signup::run(&env, options, report).await,
             }
         } => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

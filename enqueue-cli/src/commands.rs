@@ -13,9 +13,9 @@ use provision_shared::migrate_all::retry_failed_migration;
 use provision_shared::migration_set::MigrationSet;
 use provision_shared::migration_set::import::store_built_in_if_none;
 use provision_shared::operator::{DomainFix, retry_failed};
-use provision_shared::public_schema::prepare_public_schema;
+use provision_shared::public_schema::{prepare_public_schema, record_base_domain};
 use provision_shared::request::{
-    Recorded, TenantRequest, check_request_is_free, note_job_id, record_request,
+    Recorded, TenantRequest, check_request_is_free, job_id_of, note_job_id, push_owed_job, record_request,
 };
 use provision_shared::status::{list_tenants, tenant_history, tenant_status};
 use provision_shared::{ProvisionError, TenantState, db, password, validate};
@@ -212,15 +212,23 @@ async fn create_tenant(ctx: &Ctx, args: CreateTenantArgs) -> Result<ExitCode, Cl
                 .depth(JobKind::CreateTenant)
                 .await
                 .map_err(|e| ctx.error(e))?;
+            // The job id is claimed before the push: a worker woken by the
+            // request's announcement may be pushing it too, and only one
+            // does. Whoever lost the claim finds the winner's id.
             let job_id = if depth >= MAX_QUEUE_DEPTH {
                 None
             } else {
-                let id = queue
-                    .push(JobRequest::now(JobKind::CreateTenant, schema))
+                let expected = match recorded {
+                    Recorded::New => None,
+                    Recorded::Existing(_) => job_id_of(&pool, schema).await.map_err(|e| ctx.error(e))?,
+                };
+                match push_owed_job(&pool, &queue, schema, expected.as_deref())
                     .await
-                    .map_err(|e| ctx.error(e))?;
-                note_job_id(&pool, schema, &id).await.map_err(|e| ctx.error(e))?;
-                Some(id)
+                    .map_err(|e| ctx.error(e))?
+                {
+                    Some(id) => Some(id),
+                    None => job_id_of(&pool, schema).await.map_err(|e| ctx.error(e))?,
+                }
             };
             let state = match recorded {
                 Recorded::Existing(s) => s,
@@ -426,6 +434,9 @@ async fn init(ctx: &Ctx, args: InitArgs) -> Result<ExitCode, CliError> {
         .map_err(|e| ctx.error(e))?;
     let pool = ctx.pool().await?;
     let prepared = prepare_public_schema(&pool).await.map_err(|e| ctx.error(e))?;
+    record_base_domain(&pool, &ctx.options.base_domain)
+        .await
+        .map_err(|e| ctx.error(e))?;
     let set_stored = store_built_in_if_none(&pool).await.map_err(|e| ctx.error(e))?;
     let added = provision_shared::operator::ensure_public_tenant(&pool, &domain)
         .await

@@ -160,7 +160,11 @@ impl RedisQueue {
 
 impl JobSink for RedisQueue {
     async fn push(&self, job: JobRequest) -> Result<String, ProvisionError> {
-        let id = ulid::Ulid::generate();
+        let id = match job.id.as_deref().map(str::parse::<ulid::Ulid>) {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => return Err(ProvisionError::Queue(format!("job id {:?}: {e}", job.id))),
+            None => ulid::Ulid::generate(),
+        };
         let mut builder = TaskBuilder::new(job.payload()).task_id(TaskId::from(id));
         if job.delay_ms > 0 {
             // The library schedules to the whole second and truncates, so a

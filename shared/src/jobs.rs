@@ -143,6 +143,9 @@ pub struct JobRequest {
     pub more_schema_names: Vec<String>,
     /// Not before this many milliseconds from now (0: at once).
     pub delay_ms: u64,
+    /// The job's id, when it was claimed before the push (see
+    /// [`crate::request::push_owed_job`]); the queue makes one otherwise.
+    pub id: Option<String>,
 }
 
 impl JobRequest {
@@ -154,6 +157,7 @@ impl JobRequest {
             run_id: 0,
             more_schema_names: Vec::new(),
             delay_ms: 0,
+            id: None,
         }
     }
 

@@ -42,6 +42,11 @@ pub mod sqlstate {
     /// `public.provision_assert_set`: a script was written for a tenant
     /// migration set that is no longer the one in force.
     pub const STALE_SET: &str = "PV002";
+    /// `provision_request_tenant`: a value breaks a rule (the error's column
+    /// names the field).
+    pub const REQUEST_INVALID: &str = "PV010";
+    /// `provision_request_tenant`: a value clashes with what exists.
+    pub const REQUEST_CONFLICT: &str = "PV011";
 }
 
 /// Constraints of `migrations/public/` (and of the platform's tables).

@@ -55,6 +55,20 @@ pub async fn prepare_public_schema(pool: &PgPool) -> Result<PublicPrepared, Prov
     Ok(prepared)
 }
 
+/// Records `<schema>.<base_domain>` as the default domain of requests made
+/// through the SQL API, from this process's configuration.
+pub async fn record_base_domain(pool: &PgPool, base_domain: &str) -> Result<(), ProvisionError> {
+    crate::validate::domain(base_domain)?;
+    sqlx::query(
+        "INSERT INTO public.provision_setting (name, value) VALUES ('base_domain', $1)
+         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value WHERE provision_setting.value <> EXCLUDED.value",
+    )
+    .bind(base_domain)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 async fn platform_tables_missing(conn: &mut PgConnection) -> Result<bool, ProvisionError> {
     Ok(
         sqlx::query_scalar("SELECT to_regclass('public.tenants_client') IS NULL")
@@ -235,11 +249,19 @@ mod tests {
                 " on public.tenants_",
                 "alter table tenants_",
                 "alter table public.tenants_",
-                "create view",
             ] {
                 assert!(
                     !sql.contains(binding),
                     "public migration {} has {binding:?}: the platform's commands would trip over it",
+                    m.version
+                );
+            }
+            // A view over the platform's tables would stop Django from
+            // altering or dropping the columns it reads.
+            for statement in sql.split(';').filter(|s| s.contains("create view")) {
+                assert!(
+                    !statement.contains("tenants_"),
+                    "public migration {} has a view over the platform's tables: {statement}",
                     m.version
                 );
             }

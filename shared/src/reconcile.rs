@@ -9,7 +9,8 @@ use sqlx::PgPool;
 use crate::error::ProvisionError;
 use crate::locks::advisory_key;
 
-/// Tenants to push a `CreateTenant` job for, at most `limit`: those never
+/// Tenants to push a `CreateTenant` job for, with the id of the job noted
+/// for them (`None`: never pushed), at most `limit`: those never
 /// pushed (the queue was full when they were requested), and those in a
 /// non-final state that have not moved for `stale_after` (their job was
 /// lost: Redis emptied, say). Marks them touched, so the next pass leaves
@@ -18,7 +19,7 @@ pub async fn tenants_to_requeue(
     pool: &PgPool,
     stale_after: Duration,
     limit: i64,
-) -> Result<Vec<String>, ProvisionError> {
+) -> Result<Vec<(String, Option<String>)>, ProvisionError> {
     let mut tx = pool.begin().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(advisory_key("reconcile", "tenants"))
@@ -27,7 +28,7 @@ pub async fn tenants_to_requeue(
     if !locked || limit <= 0 {
         return Ok(Vec::new());
     }
-    let names = sqlx::query_scalar(
+    let names = sqlx::query_as(
         "WITH owed AS (
              SELECT schema_name FROM public.provision_tenant
              WHERE state NOT IN ('ready', 'failed')
@@ -38,7 +39,7 @@ pub async fn tenants_to_requeue(
              FOR UPDATE SKIP LOCKED)
          UPDATE public.provision_tenant t SET updated_at = now()
          FROM owed WHERE t.schema_name = owed.schema_name
-         RETURNING t.schema_name",
+         RETURNING t.schema_name, t.job_id",
     )
     .bind(stale_after.as_secs_f64())
     .bind(limit)

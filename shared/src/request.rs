@@ -2,9 +2,11 @@
 //! before it pushes the job (an outbox: a request is never only in Redis),
 //! checked against the contract's rules and against what exists.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::error::{InvalidInput, ProvisionError};
+use crate::jobs::{JobKind, JobRequest, JobSink};
+use crate::names::sqlstate;
 use crate::state::TenantState;
 use crate::validate;
 
@@ -28,7 +30,8 @@ pub struct TenantRequest {
 }
 
 impl TenantRequest {
-    /// Checks every field against the contract's rules.
+    /// Checks every field against the contract's rules, before anything
+    /// is sent: the same rules `provision_request_tenant` applies again.
     pub fn validate(&self) -> Result<(), InvalidInput> {
         validate::schema_name(&self.schema_name)?;
         validate::tenant_name(&self.tenant_name)?;
@@ -45,21 +48,6 @@ impl TenantRequest {
         }
         Ok(())
     }
-
-    /// Identifies the request by its details, all but the password (whose
-    /// hash differs on every submission): the same fingerprint twice is one
-    /// signup submitted twice.
-    pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!([
-            self.schema_name,
-            self.tenant_name,
-            self.domain,
-            self.admin_email,
-            self.trial_days,
-            self.seed_demo_data,
-        ]);
-        crate::migration_set::checksum(&canonical.to_string())
-    }
 }
 
 /// What recording a request found.
@@ -71,79 +59,92 @@ pub enum Recorded {
     Existing(TenantState),
 }
 
-/// Refuses a request whose schema name or domain is taken. Used by
-/// `--dry-run` and before recording; the register step checks again, since
-/// only its unique constraints can settle a race.
+/// Sends `request` to `provision_request_tenant`, the SQL API the platform
+/// calls too, on `conn`: one set of rules and one record, whoever asks.
+async fn request_tenant(
+    conn: &mut PgConnection,
+    request: &TenantRequest,
+    actor: &str,
+) -> Result<Recorded, ProvisionError> {
+    let found: Result<(String, String), sqlx::Error> = sqlx::query_as(
+        "SELECT state, recorded FROM public.provision_request_tenant(
+             schema_name => $1, tenant_name => $2, domain => $3, admin_email => $4,
+             admin_password_hash => $5, trial_days => $6, seed_demo_data => $7, requested_by => $8)",
+    )
+    .bind(&request.schema_name)
+    .bind(&request.tenant_name)
+    .bind(&request.domain)
+    .bind(&request.admin_email)
+    // Empty in a dry run, which makes no hash: the API takes NULL.
+    .bind(Some(request.admin_password_hash.as_str()).filter(|h| !h.is_empty()))
+    .bind(request.trial_days)
+    .bind(request.seed_demo_data)
+    .bind(actor)
+    .fetch_one(&mut *conn)
+    .await;
+    match found {
+        Ok((_, recorded)) if recorded == "new" => Ok(Recorded::New),
+        Ok((state, _)) => Ok(Recorded::Existing(
+            state.parse().map_err(ProvisionError::WrongState)?,
+        )),
+        Err(e) => Err(refusal(e)),
+    }
+}
+
+/// The API's refusal as this project's error: SQLSTATE PV010 is invalid
+/// input, PV011 a conflict, each naming its field (the error's column).
+fn refusal(error: sqlx::Error) -> ProvisionError {
+    let Some(db) = error.as_database_error() else {
+        return error.into();
+    };
+    let code = db.code().map(|c| c.into_owned());
+    let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() else {
+        return error.into();
+    };
+    let field = field_name(pg.column().unwrap_or("request"));
+    let message = pg.message();
+    let rule = message
+        .split_once(": ")
+        .map_or(message, |(_, rule)| rule)
+        .to_owned();
+    match code.as_deref() {
+        Some(sqlstate::REQUEST_INVALID) => ProvisionError::Invalid(InvalidInput { field, rule }),
+        Some(sqlstate::REQUEST_CONFLICT) => ProvisionError::conflict(field, rule),
+        _ => error.into(),
+    }
+}
+
+/// The API's field names, as the static names errors carry.
+fn field_name(column: &str) -> &'static str {
+    [
+        "schema_name",
+        "tenant_name",
+        "domain",
+        "admin_email",
+        "admin_password_hash",
+        "trial_days",
+        "seed_demo_data",
+    ]
+    .into_iter()
+    .find(|f| *f == column)
+    .unwrap_or("request")
+}
+
+/// Refuses a request whose schema name or domain is taken, or which breaks
+/// a rule, exactly as recording it would, and records nothing: the request
+/// is sent in a transaction that is rolled back (`--dry-run`). Returns the
+/// state of the same request made before, if any.
 pub async fn check_request_is_free(
     pool: &PgPool,
     request: &TenantRequest,
 ) -> Result<Option<TenantState>, ProvisionError> {
-    let row: (Option<String>, Option<String>, bool, bool, Option<String>) = sqlx::query_as(
-        "SELECT
-             (SELECT request_fingerprint FROM public.provision_tenant WHERE schema_name = $1),
-             (SELECT state FROM public.provision_tenant WHERE schema_name = $1),
-             EXISTS (SELECT 1 FROM public.tenants_client WHERE schema_name = $1),
-             to_regnamespace(quote_ident($1)) IS NOT NULL,
-             (SELECT c.schema_name FROM public.tenants_domain d
-                JOIN public.tenants_client c ON c.id = d.tenant_id WHERE d.domain = $2)",
-    )
-    .bind(&request.schema_name)
-    .bind(&request.domain)
-    .fetch_one(pool)
-    .await?;
-    let (fingerprint, state, client_exists, schema_exists, domain_owner) = row;
-    if let (Some(fingerprint), Some(state)) = (fingerprint, state) {
-        if fingerprint != request.fingerprint() {
-            return Err(ProvisionError::conflict(
-                "schema_name",
-                format!(
-                    "tenant {:?} was already requested with other details; \
-                     `provision status --schema-name {}` shows them, or choose another schema name",
-                    request.schema_name, request.schema_name
-                ),
-            ));
-        }
-        return Ok(Some(state.parse().map_err(ProvisionError::WrongState)?));
+    let mut tx = pool.begin().await?;
+    let recorded = request_tenant(&mut tx, request, "dry run").await;
+    tx.rollback().await?;
+    match recorded? {
+        Recorded::New => Ok(None),
+        Recorded::Existing(state) => Ok(Some(state)),
     }
-    if client_exists {
-        return Err(ProvisionError::conflict(
-            "schema_name",
-            format!(
-                "a tenant with schema_name {:?} already exists in tenants_client (made outside this project)",
-                request.schema_name
-            ),
-        ));
-    }
-    if schema_exists {
-        return Err(ProvisionError::conflict(
-            "schema_name",
-            format!("schema {:?} already exists in the database", request.schema_name),
-        ));
-    }
-    if let Some(owner) = domain_owner {
-        return Err(ProvisionError::conflict(
-            "domain",
-            format!("domain {:?} already belongs to tenant {owner:?}", request.domain),
-        ));
-    }
-    let requested_elsewhere: Option<String> = sqlx::query_scalar(
-        "SELECT schema_name FROM public.provision_tenant
-         WHERE domain = $1 AND schema_name <> $2 AND state <> 'failed' LIMIT 1",
-    )
-    .bind(&request.domain)
-    .bind(&request.schema_name)
-    .fetch_optional(pool)
-    .await?;
-    if let Some(owner) = requested_elsewhere {
-        return Err(ProvisionError::conflict(
-            "domain",
-            format!(
-                "domain {:?} is already requested by tenant {owner:?}",
-                request.domain
-            ),
-        ));
-    }
-    Ok(None)
 }
 
 /// Records the request in state `requested`, or finds the same request made
@@ -155,44 +156,17 @@ pub async fn record_request(
     actor: &str,
 ) -> Result<Recorded, ProvisionError> {
     request.validate()?;
-    if let Some(state) = check_request_is_free(pool, request).await? {
-        return Ok(Recorded::Existing(state));
-    }
-    let inserted = sqlx::query(
-        "WITH inserted AS (
-             INSERT INTO public.provision_tenant
-                 (schema_name, tenant_name, domain, admin_email, admin_password_hash, trial_days,
-                  seed_demo_data, demo_data_state, request_fingerprint, requested_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $7 THEN 'pending' ELSE 'skipped' END, $8, $9)
-             ON CONFLICT (schema_name) DO NOTHING
-             RETURNING schema_name)
-         INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, actor)
-         SELECT schema_name, NULL, 'requested', 'request', 0, $9 FROM inserted",
-    )
-    .bind(&request.schema_name)
-    .bind(&request.tenant_name)
-    .bind(&request.domain)
-    .bind(&request.admin_email)
-    .bind(&request.admin_password_hash)
-    .bind(request.trial_days)
-    .bind(request.seed_demo_data)
-    .bind(request.fingerprint())
-    .bind(actor)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Recorded::New);
-    }
-    // Another submission won the race: same details or a conflict.
-    match check_request_is_free(pool, request).await? {
-        Some(state) => Ok(Recorded::Existing(state)),
-        None => Err(ProvisionError::Contended(format!(
-            "tenant {:?} vanished while it was being recorded; try again",
-            request.schema_name
-        ))),
-    }
+    let mut conn = pool.acquire().await?;
+    request_tenant(&mut conn, request, actor).await
 }
+
+/// The channel a new request is announced on (by the trigger of
+/// `provision_tenant`, at commit): a worker pushes its job at once.
+pub const REQUEST_CHANNEL: &str = "provision_tenant_requested";
+
+/// The channel a tenant reaching `ready` or `failed` is announced on, with
+/// `{"schema_name", "state"}`: what the platform's signup page waits on.
+pub const STATE_CHANNEL: &str = "provision_tenant_state";
 
 /// Notes the id of the job that carries the tenant's provisioning.
 pub async fn note_job_id(pool: &PgPool, schema_name: &str, job_id: &str) -> Result<(), ProvisionError> {
@@ -202,6 +176,58 @@ pub async fn note_job_id(pool: &PgPool, schema_name: &str, job_id: &str) -> Resu
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// The id of the job noted for a tenant's provisioning, if any.
+pub async fn job_id_of(pool: &PgPool, schema_name: &str) -> Result<Option<String>, ProvisionError> {
+    Ok(
+        sqlx::query_scalar("SELECT job_id FROM public.provision_tenant WHERE schema_name = $1")
+            .bind(schema_name)
+            .fetch_optional(pool)
+            .await?
+            .flatten(),
+    )
+}
+
+/// Pushes the `CreateTenant` job of a tenant whose job is owed, once
+/// whoever else tries at the same time (the client that recorded it, every
+/// worker woken by its announcement, the reconciler): the job's id is
+/// claimed in PostgreSQL first, where `expected` is the id known before
+/// (`None`: never pushed; a stale one: lost with Redis). Returns the new
+/// id, or `None` when someone else claimed it. A push that fails gives the
+/// claim back, so the next try comes at once.
+pub async fn push_owed_job<S: JobSink>(
+    pool: &PgPool,
+    sink: &S,
+    schema_name: &str,
+    expected: Option<&str>,
+) -> Result<Option<String>, ProvisionError> {
+    let id = ulid::Ulid::generate().to_string();
+    let claimed: Option<String> = sqlx::query_scalar(
+        "UPDATE public.provision_tenant SET job_id = $2
+         WHERE schema_name = $1 AND job_id IS NOT DISTINCT FROM $3 AND state NOT IN ('ready', 'failed')
+         RETURNING job_id",
+    )
+    .bind(schema_name)
+    .bind(&id)
+    .bind(expected)
+    .fetch_optional(pool)
+    .await?;
+    if claimed.is_none() {
+        return Ok(None);
+    }
+    let mut job = JobRequest::now(JobKind::CreateTenant, schema_name);
+    job.id = Some(id.clone());
+    if let Err(e) = sink.push(job).await {
+        sqlx::query("UPDATE public.provision_tenant SET job_id = $3 WHERE schema_name = $1 AND job_id = $2")
+            .bind(schema_name)
+            .bind(&id)
+            .bind(expected)
+            .execute(pool)
+            .await?;
+        return Err(e);
+    }
+    Ok(Some(id))
 }
 
 #[cfg(test)]
@@ -221,12 +247,10 @@ mod tests {
     }
 
     #[test]
-    fn fingerprint_ignores_the_password_hash_but_not_the_details() {
-        let a = request();
-        let mut b = request();
-        b.admin_password_hash = "argon2$argon2id$other".into();
-        assert_eq!(a.fingerprint(), b.fingerprint());
-        b.domain = "other.newconcierge.app".into();
-        assert_ne!(a.fingerprint(), b.fingerprint());
+    fn requests_are_validated_before_they_are_sent() {
+        assert!(request().validate().is_ok());
+        let mut plain = request();
+        plain.admin_password_hash = "secure_password_123".into();
+        assert_eq!(plain.validate().unwrap_err().field, "admin_password_hash");
     }
 }

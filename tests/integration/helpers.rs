@@ -119,6 +119,19 @@ impl Worker {
         }
     }
 
+    /// Waits until the log contains `needle` at least `count` times.
+    pub async fn wait_for_log_count(&self, needle: &str, count: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.log_text().matches(needle).count() < count {
+            assert!(
+                start.elapsed() < timeout,
+                "worker log never showed {needle:?} {count} times:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The worker's name (the actor of the transitions it records), from
     /// its start-up line.
     pub fn name(&self) -> String {
@@ -225,7 +238,7 @@ impl TestEnv {
         env
     }
 
-    async fn new_on(label: &str, admin_url: &str, redis: &str) -> Self {
+    pub async fn new_on(label: &str, admin_url: &str, redis: &str) -> Self {
         let suffix = ulid::Ulid::generate().to_string().to_lowercase();
         let id = format!("pt_{label}_{}", &suffix[suffix.len() - 10..]);
         let admin_url = admin_url.to_owned();

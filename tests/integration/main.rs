@@ -14,3 +14,4 @@ mod platform;
 mod provisioning;
 mod resilience;
 mod servers;
+mod signup;

@@ -37,7 +37,13 @@ impl TestEnv {
     /// project's tables, and `import-migrations` reads the platform model's
     /// tenant migrations.
     pub async fn new_platform(label: &str) -> Self {
-        let env = Self::new_without_migrations(label).await;
+        Self::new_platform_on(label, &crate::helpers::admin_url(), &crate::helpers::redis_url()).await
+    }
+
+    /// [`TestEnv::new_platform`] on the PostgreSQL of `admin_url` and the
+    /// Redis of `redis`.
+    pub async fn new_platform_on(label: &str, admin_url: &str, redis: &str) -> Self {
+        let env = Self::new_on(label, admin_url, redis).await;
         env.django(&["migrate_schemas", "--shared", "--noinput", "-v", "0"])
             .expect_code(0);
         env.django_shell(

@@ -3,6 +3,7 @@
 
 pub mod handlers;
 pub mod janitor;
+pub mod listen;
 pub mod maintenance;
 pub mod metrics;
 pub mod run;

@@ -55,6 +55,12 @@ struct Cli {
     #[arg(long, env = "PROVISION_HEARTBEAT_MS", value_parser = clap::value_parser!(u64).range(10..=600_000))]
     heartbeat_ms: Option<u64>,
 
+    /// Whether a requested tenant's job is pushed the moment PostgreSQL
+    /// announces the request (on), or by the reconciler only, within about
+    /// five seconds (off).
+    #[arg(long, env = "PROVISION_LISTEN_FOR_REQUESTS", default_value = "on", value_parser = ["on", "off"])]
+    listen_for_requests: String,
+
     /// Executions of a step before its tenant is marked failed.
     #[arg(long, env = "PROVISION_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
     max_attempts: i32,
@@ -95,6 +101,8 @@ async fn main() -> ExitCode {
         metrics_addr,
         shutdown_grace: Duration::from_secs(cli.shutdown_grace),
         stale_after: Duration::from_secs(cli.reconcile_after),
+        listen_for_requests: cli.listen_for_requests == "on",
+        base_domain: cli.connection.base_domain.clone(),
         metrics,
         database_url: cli.connection.database_url,
         redis_url: cli.connection.redis_url,

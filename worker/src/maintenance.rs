@@ -13,7 +13,7 @@ use provision_shared::ProvisionError;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
 use provision_shared::migrate_all::dispatch;
 use provision_shared::reconcile::{demo_data_to_requeue, tenants_to_requeue};
-use provision_shared::request::note_job_id;
+use provision_shared::request::push_owed_job;
 use tokio::sync::watch;
 
 use crate::handlers::WorkerState;
@@ -57,18 +57,16 @@ pub async fn run(state: Arc<WorkerState>, stale_after: Duration, mut stop: watch
     }
 }
 
-async fn requeue_owed(state: &WorkerState, stale_after: Duration) -> Result<(), ProvisionError> {
+/// Pushes the jobs PostgreSQL says are owed, as far as the queue has room.
+pub(crate) async fn requeue_owed(state: &WorkerState, stale_after: Duration) -> Result<(), ProvisionError> {
     let depth = state.queue.depth(JobKind::CreateTenant).await?;
     let room = i64::try_from(MAX_QUEUE_DEPTH.saturating_sub(depth))
         .unwrap_or(0)
         .min(1000);
-    for schema in tenants_to_requeue(&state.pool, stale_after, room).await? {
-        let job_id = state
-            .queue
-            .push(JobRequest::now(JobKind::CreateTenant, &schema))
-            .await?;
-        note_job_id(&state.pool, &schema, &job_id).await?;
-        tracing::info!(schema_name = %schema, job_id = %job_id, "pushed an owed CreateTenant job");
+    for (schema, noted) in tenants_to_requeue(&state.pool, stale_after, room).await? {
+        if let Some(job_id) = push_owed_job(&state.pool, &state.queue, &schema, noted.as_deref()).await? {
+            tracing::info!(schema_name = %schema, job_id = %job_id, "pushed an owed CreateTenant job");
+        }
     }
     for schema in demo_data_to_requeue(&state.pool, stale_after, 1000).await? {
         state

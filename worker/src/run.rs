@@ -14,9 +14,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use provision_shared::db;
 use provision_shared::jobs::JobKind;
-use provision_shared::migration_set::import::{SET_CHANNEL, store_built_in_if_none};
+use provision_shared::migration_set::import::store_built_in_if_none;
 use provision_shared::migration_set::{MigrationSet, SetInForce};
-use provision_shared::public_schema::prepare_public_schema;
+use provision_shared::public_schema::{prepare_public_schema, record_base_domain};
 use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 
@@ -163,6 +163,11 @@ pub struct WorkerSettings {
     /// How long a non-final tenant may sit unchanged before its job is
     /// assumed lost and pushed again.
     pub stale_after: Duration,
+    /// Whether a requested tenant's job is pushed when PostgreSQL announces
+    /// the request (otherwise by the reconciler only, seconds later).
+    pub listen_for_requests: bool,
+    /// `<schema>.<this>` is a tenant's default domain, for the SQL API too.
+    pub base_domain: String,
     /// Counters and histograms (shared with the logging layer).
     pub metrics: Arc<Metrics>,
 }
@@ -199,60 +204,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Loads each tenant migration set an import announces, until `stop`. The
-/// listening connection reconnects by itself after an error; a set stored
-/// while it was away is loaded when it is back.
-async fn follow_migration_sets(
-    state: Arc<WorkerState>,
-    database_url: String,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut failures = 0u32;
-    while !*stop.borrow() {
-        let listener = async {
-            let mut listener = sqlx::postgres::PgListener::connect(&database_url).await?;
-            listener.listen(SET_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let connected = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            listener = listener => listener,
-        };
-        let mut listener = match connected {
-            Ok(listener) => listener,
-            Err(e) => {
-                failures += 1;
-                tracing::debug!(error = %e, "could not listen for tenant migration sets");
-                let pause = Duration::from_millis(200 * u64::from(failures.min(25)));
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    () = tokio::time::sleep(pause) => continue,
-                }
-            }
-        };
-        failures = 0;
-        loop {
-            match state.migrations.reload(&state.pool).await {
-                Ok(Some(version)) => tracing::info!(version, "tenant migration set in force"),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "could not load the tenant migration set"),
-            }
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                received = listener.try_recv() => match received {
-                    // A notification, or the connection back after a loss
-                    // (what was announced meanwhile is lost): look again.
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "listening for tenant migration sets failed");
-                        break;
-                    }
-                },
-            }
-        }
-    }
-}
-
 /// Prepares the database (created if missing, public migrations applied
 /// under a lock) and runs the workers until `stop` resolves.
 pub async fn run_worker(
@@ -279,6 +230,9 @@ pub async fn run_worker(
     if !prepared.applied.is_empty() {
         tracing::info!(applied = ?prepared.applied, "applied public migrations");
     }
+    record_base_domain(&pool, &settings.base_domain)
+        .await
+        .context("recording the base domain")?;
     if let Some(stored) = store_built_in_if_none(&pool)
         .await
         .context("storing the built-in tenant migration set")?
@@ -377,9 +331,11 @@ pub async fn run_worker(
         }
         workers.spawn(loops.run(Loop::Cron, 0));
     }
-    let set_listener = tokio::spawn(follow_migration_sets(
+    let set_listener = tokio::spawn(crate::listen::listen(
         state.clone(),
         settings.database_url.clone(),
+        settings.listen_for_requests,
+        settings.stale_after,
         stop_rx.clone(),
     ));
     let maintenance = tokio::spawn(maintenance::run(

@@ -2,6 +2,8 @@
 from django.http import JsonResponse
 from django.urls import path
 
+from concierge import signup
+
 
 def health(request):
     return JsonResponse({"ok": True, "schema": request.tenant.schema_name})
@@ -9,4 +11,5 @@ def health(request):
 
 urlpatterns = [
     path("api/health/", health, name="health"),
+    path("signup/", signup.signup, name="signup"),
 ]
