@@ -203,6 +203,11 @@ BEGIN
                     v_demo, CASE WHEN v_demo THEN 'pending' ELSE 'skipped' END, v_print, v_by)
             ON CONFLICT ON CONSTRAINT provision_tenant_pkey DO NOTHING;
         EXCEPTION WHEN unique_violation THEN
+            -- The same schema name committed meanwhile (a double submit
+            -- racing this one): look again at what it recorded.
+            IF EXISTS (SELECT 1 FROM public.provision_tenant t WHERE t.schema_name = v_schema) THEN
+                CONTINUE;
+            END IF;
             SELECT t.schema_name INTO v_owner FROM public.provision_tenant t
                 WHERE t.domain = v_domain AND t.state = 'requested';
             PERFORM public.provision_refuse('PV011', 'domain',

@@ -257,3 +257,47 @@ async fn after_a_postgres_restart_the_next_signup_is_picked_up_within_a_second()
     }
     env.wait_for_state("after_restart", "ready", WAIT).await;
 }
+
+/// Two transactions asking for the same tenant at once, the second while
+/// the first has not committed: the second waits, then finds the first's
+/// request (`existing`), never a conflict with itself.
+#[tokio::test]
+async fn the_same_request_racing_an_uncommitted_one_is_existing_not_a_conflict() {
+    let env = TestEnv::new("signuprace").await;
+    env.provision(&["init"]).expect_code(0);
+    const REQUEST: &str = "SELECT recorded FROM provision_request_tenant(
+        schema_name => 'racer', tenant_name => 'Racer', domain => 'racer.newconcierge.app',
+        admin_email => 'racer@example.com', seed_demo_data => false)";
+    let mut first = env.pool.begin().await.unwrap();
+    let recorded: String = sqlx::query_scalar(REQUEST).fetch_one(&mut *first).await.unwrap();
+    assert_eq!(recorded, "new");
+    let second = tokio::spawn({
+        let pool = env.pool.clone();
+        async move { sqlx::query_scalar::<_, String>(REQUEST).fetch_one(&pool).await }
+    });
+    // The second is blocked on the first's row before the first commits.
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%provision_request_tenant%'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            !second.is_finished(),
+            "the second request did not wait: {:?}",
+            second.await
+        );
+        assert!(started.elapsed() < WAIT, "the second request never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.commit().await.unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), "existing");
+    assert_eq!(requested_rows(&env, "racer").await, 1);
+}
