@@ -9,14 +9,14 @@ use provision_queue::RedisQueue;
 use provision_queue::options::ConnectionOptions;
 use provision_shared::demo_data::request_demo_data;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
-use provision_shared::migrate_all::retry_failed_migration;
 use provision_shared::migration_set::MigrationSet;
 use provision_shared::migration_set::import::store_built_in_if_none;
-use provision_shared::operator::{DomainFix, retry_failed};
+use provision_shared::operator::DomainFix;
 use provision_shared::public_schema::{prepare_public_schema, record_base_domain};
 use provision_shared::request::{
-    Recorded, TenantRequest, check_request_is_free, job_id_of, note_job_id, push_owed_job, record_request,
+    Recorded, TenantRequest, check_request_is_free, job_id_of, push_owed_job, record_request,
 };
+use provision_shared::requeue::{RetryTarget, retry_and_requeue};
 use provision_shared::status::{list_tenants, tenant_history, tenant_status};
 use provision_shared::{ProvisionError, TenantState, db, password, validate};
 use serde_json::json;
@@ -82,6 +82,7 @@ pub(crate) async fn run(options: ConnectionOptions, command: Command) -> Result<
         Command::Check(args) => check(&ctx, args).await,
         Command::Migrate(args) => crate::migrate::migrate(&ctx, args).await,
         Command::ImportMigrations(args) => crate::import::import_migrations(&ctx, args).await,
+        Command::Dashboard(args) => crate::dashboard::dashboard(&ctx, args).await,
     }
 }
 
@@ -491,32 +492,19 @@ async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
     let queue = ctx.queue().await?;
     // A tenant whose provisioning failed, or (for a ready tenant) whose
     // schema failed in a migrate-all run.
-    let (moved, not_failed) = match retry_failed(&pool, only, &actor()).await {
-        Ok(moved) => (moved, None),
-        Err(e @ ProvisionError::WrongState(_)) => (Vec::new(), Some(e)),
-        Err(e) => return Err(ctx.error(e)),
-    };
-    let migrations = retry_failed_migration(&pool, only)
+    let target = only.map_or(RetryTarget::AllFailed, RetryTarget::Tenant);
+    let done = retry_and_requeue(&pool, &queue, target, &actor())
         .await
         .map_err(|e| ctx.error(e))?;
-    if let (Some(e), true) = (not_failed, migrations.is_empty()) {
-        return Err(ctx.error(e));
-    }
     let mut requeued = Vec::new();
-    for (schema, state) in &moved {
-        let job_id = queue
-            .push(JobRequest::now(JobKind::CreateTenant, schema))
-            .await
-            .map_err(|e| ctx.error(e))?;
-        note_job_id(&pool, schema, &job_id)
-            .await
-            .map_err(|e| ctx.error(e))?;
+    for tenant in &done.tenants {
+        let (schema, state, job_id) = (&tenant.schema_name, tenant.state, &tenant.job_id);
         if !args.json {
             println!("Re-queued {schema} from {state} (job {job_id})");
         }
         requeued.push(json!({"schema_name": schema, "state": state.as_str(), "job_id": job_id}));
     }
-    for (schema, run_id) in &migrations {
+    for (schema, run_id) in &done.migrations {
         if !args.json {
             println!("Re-queued the failed migration of {schema} in migrate-all run {run_id}");
         }

@@ -3,6 +3,7 @@
 
 mod check;
 mod commands;
+mod dashboard;
 mod exit_codes;
 mod import;
 mod migrate;
@@ -105,6 +106,46 @@ enum Command {
     /// Example: DJANGO_SETTINGS_MODULE=concierge.settings provision import-migrations
     /// --manage-py backend/manage.py --python backend/.venv/bin/python
     ImportMigrations(ImportArgs),
+
+    /// The operator's web dashboard: tenants by state, each tenant's
+    /// history and errors, the queues and the migrate-all run, live; and,
+    /// for operators, retry, fix-domain and migrate-all.
+    ///
+    /// On an address that is not loopback it refuses to start (exit 2)
+    /// unless PROVISION_DASHBOARD_USERS names a users file: lines of
+    /// `name:role:hash`, role `viewer` (reads) or `operator` (acts), hash
+    /// from `--hash-password`. On loopback without one it is read-only for
+    /// everyone.
+    ///
+    /// Example: PROVISION_DASHBOARD_USERS=/etc/provision/users provision dashboard --addr 0.0.0.0:9899
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// Where to serve; port 0 (`127.0.0.1:0`) picks a free one, printed at start.
+    #[arg(long, value_name = "A", default_value = "127.0.0.1:9899")]
+    pub(crate) addr: String,
+
+    /// The users file; required on an address that is not loopback.
+    #[arg(long, value_name = "FILE", env = "PROVISION_DASHBOARD_USERS")]
+    pub(crate) users: Option<PathBuf>,
+
+    /// Seconds a session lasts from sign-in.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PROVISION_DASHBOARD_SESSION_TTL",
+        default_value_t = 28_800
+    )]
+    pub(crate) session_ttl: u64,
+
+    /// Print the users-file hash of the password on the first line of
+    /// standard input, and exit.
+    ///
+    /// Example: printf '%s\n' "$PASSWORD" | provision dashboard --hash-password
+    #[arg(long)]
+    pub(crate) hash_password: bool,
 }
 
 #[derive(Debug, Args)]
@@ -337,6 +378,7 @@ impl Command {
             Self::FixDomain(a) => a.json,
             Self::Check(a) => a.json,
             Self::ImportMigrations(a) => a.json,
+            Self::Dashboard(_) => false,
         }
     }
 }

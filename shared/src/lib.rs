@@ -18,11 +18,13 @@ pub mod password;
 pub mod public_schema;
 pub mod reconcile;
 pub mod request;
+pub mod requeue;
 pub mod retry;
 pub mod sql;
 pub mod state;
 pub mod status;
 pub mod tenant_migration;
+pub mod tenant_search;
 pub mod validate;
 
 pub use error::{InvalidInput, ProvisionError};

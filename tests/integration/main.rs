@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)] // helpers are shared between the test modules only
 
+mod dashboard;
 mod every_tenant;
 mod helpers;
 mod input;

@@ -1,0 +1,200 @@
+//! The operator's actions: each a POST that first checks the visitor is an
+//! operator and the form's CSRF token is the session's
+//! ([`Visitor::authorize`]), then calls the same `shared` function as the
+//! `provision` command, recording the signed-in user as the actor; the
+//! outcome is shown once on the page it redirects to.
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use provision_shared::migrate_all::{RunScope, RunStart, dispatch};
+use provision_shared::operator::{DomainFix, fix_domain as fix_tenant_domain};
+use provision_shared::requeue::{RetryTarget, retry_and_requeue, start_migration_run};
+use provision_shared::tenant_search::failed_tenants_matching;
+use provision_shared::{ProvisionError, validate};
+use serde::Deserialize;
+
+use crate::dashboard::auth::{Visitor, safe_next};
+use crate::dashboard::pages::PageError;
+use crate::dashboard::pages::tenants::{ListQuery, filter_query};
+use crate::dashboard::server::AppState;
+
+/// A form that acts and carries nothing else.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ActionForm {
+    csrf: Option<String>,
+    /// Where to go afterwards (a path of this site), when not the
+    /// tenant's page.
+    return_to: Option<String>,
+}
+
+/// The outcome is shown on the page the action returns to, an error the
+/// operator can act on too (a tenant that is not failed, a domain taken);
+/// PostgreSQL or Redis out of reach is an error page.
+fn outcome(visitor: &Visitor, result: Result<String, ProvisionError>) -> Result<(), PageError> {
+    match result {
+        Ok(text) => {
+            visitor.flash(true, text);
+            Ok(())
+        }
+        Err(e) if e.is_unreachable() => Err(e.into()),
+        Err(e) => {
+            visitor.flash(false, e.to_string());
+            Ok(())
+        }
+    }
+}
+
+fn tenant_path(schema: &str) -> String {
+    format!("/tenants/{schema}")
+}
+
+pub(crate) async fn retry_tenant(
+    State(state): State<Arc<AppState>>,
+    visitor: Visitor,
+    Path(schema): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let actor = visitor.authorize(form.csrf.as_deref())?;
+    validate::existing_schema_name(&schema)?;
+    let result = retry_and_requeue(&state.pool, &state.queue, RetryTarget::Tenant(&schema), &actor).await;
+    let result = match result {
+        Ok(done) => {
+            if !done.migrations.is_empty() {
+                // Hand the schema out now rather than at a worker's next
+                // dispatch; if that fails, the worker's dispatch does it.
+                if let Err(e) = dispatch(&state.pool, &state.queue).await {
+                    tracing::debug!(error = %e, "could not hand out the retried migration; a worker will");
+                }
+            }
+            let mut parts: Vec<String> = done
+                .tenants
+                .iter()
+                .map(|t| format!("Re-queued {} from {} (job {}).", t.schema_name, t.state, t.job_id))
+                .collect();
+            parts.extend(
+                done.migrations.iter().map(|(s, run)| {
+                    format!("Re-queued the failed migration of {s} in migrate-all run {run}.")
+                }),
+            );
+            Ok(parts.join(" "))
+        }
+        Err(e) => Err(e),
+    };
+    outcome(&visitor, result)?;
+    let back = form
+        .return_to
+        .as_deref()
+        .map_or_else(|| tenant_path(&schema), |r| safe_next(Some(r)));
+    Ok(Redirect::to(&back).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DomainForm {
+    csrf: Option<String>,
+    domain: Option<String>,
+}
+
+pub(crate) async fn fix_domain(
+    State(state): State<Arc<AppState>>,
+    visitor: Visitor,
+    Path(schema): Path<String>,
+    Form(form): Form<DomainForm>,
+) -> Result<Response, PageError> {
+    let actor = visitor.authorize(form.csrf.as_deref())?;
+    validate::existing_schema_name(&schema)?;
+    let domain = form
+        .domain
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| format!("{schema}.{}", state.base_domain), str::to_owned);
+    let result = async {
+        validate::domain(&domain)?;
+        let fix = fix_tenant_domain(&state.pool, &schema, &domain, &actor).await?;
+        Ok(match fix {
+            DomainFix::Added => format!("Added {domain} as the primary domain of {schema}."),
+            DomainFix::MadePrimary => format!("Made {domain} the primary domain of {schema}."),
+            DomainFix::AlreadyPrimary => {
+                format!("{domain} is already the primary domain of {schema}: nothing changed.")
+            }
+            DomainFix::RequestUpdated => format!(
+                "{schema} is not registered yet: it will be registered with {domain} (retry it if it failed)."
+            ),
+        })
+    }
+    .await;
+    outcome(&visitor, result)?;
+    Ok(Redirect::to(&tenant_path(&schema)).into_response())
+}
+
+pub(crate) async fn start_migrate_all(
+    State(state): State<Arc<AppState>>,
+    visitor: Visitor,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let actor = visitor.authorize(form.csrf.as_deref())?;
+    let result = async {
+        let set = state
+            .sets
+            .latest(&state.pool)
+            .await?
+            .ok_or(ProvisionError::NoMigrationSet)?;
+        let start = start_migration_run(&state.pool, &set, RunScope::All, Some(&state.queue), &actor).await?;
+        Ok(match start {
+            RunStart::Started(id) => format!(
+                "Started migrate-all run {id} to tenant migration set {} ({} migrations).",
+                set.version(),
+                set.len()
+            ),
+            RunStart::AlreadyRunning(id) | RunStart::TickTaken(id) => {
+                format!("Migrate-all run {id} is already in progress.")
+            }
+        })
+    }
+    .await;
+    outcome(&visitor, result)?;
+    Ok(Redirect::to("/").into_response())
+}
+
+/// The bulk retry's form: the list's filter, and the count the operator
+/// confirmed (the tenants retried are those failed when the form arrives).
+#[derive(Debug, Deserialize)]
+pub(crate) struct RetryFailedForm {
+    csrf: Option<String>,
+    q: Option<String>,
+    state: Option<String>,
+    lifecycle: Option<String>,
+    expected: Option<u64>,
+}
+
+pub(crate) async fn retry_failed_matching(
+    State(state): State<Arc<AppState>>,
+    visitor: Visitor,
+    Form(form): Form<RetryFailedForm>,
+) -> Result<Response, PageError> {
+    let actor = visitor.authorize(form.csrf.as_deref())?;
+    let list = ListQuery {
+        q: form.q,
+        state: form.state,
+        lifecycle: form.lifecycle,
+        ..ListQuery::default()
+    };
+    let filter = list.filter()?;
+    let result = async {
+        let names = failed_tenants_matching(&state.pool, &filter).await?;
+        let done = retry_and_requeue(&state.pool, &state.queue, RetryTarget::Tenants(&names), &actor).await?;
+        let mut text = format!("Re-queued {} failed tenant(s).", done.tenants.len());
+        if let Some(expected) = form.expected.filter(|e| *e != done.tenants.len() as u64) {
+            text.push_str(&format!(
+                " {expected} were failed when you confirmed; the others changed meanwhile."
+            ));
+        }
+        Ok(text)
+    }
+    .await;
+    outcome(&visitor, result)?;
+    Ok(Redirect::to(&format!("/tenants{}", filter_query(&filter, None, None))).into_response())
+}
