@@ -6,10 +6,12 @@
 //! `all --quick` to keep it from rotting.
 
 mod burst;
+mod dashboard;
 mod env;
 mod fixtures;
 mod lower_bound;
 mod migrate_all;
+mod platform;
 mod progress;
 mod provision;
 mod report;
@@ -68,7 +70,19 @@ enum Command {
     /// Example: provision-bench signup --signups 200
     Signup(SignupArgs),
 
-    /// All three, with their defaults, in one table.
+    /// The dashboard's pages over N tenants: server time and client wait.
+    ///
+    /// Example: provision-bench dashboard --tenants 10000
+    Dashboard(DashboardArgs),
+
+    /// The platform's own tools beside this project: Client.save() per
+    /// tenant, migrate_schemas (standard, multiprocessing) against
+    /// migrate-all, and migrate-all over tenants made by hand.
+    ///
+    /// Example: provision-bench platform --schemas 1000
+    Platform(PlatformArgs),
+
+    /// All of them but burst, with their defaults, in one table.
     ///
     /// Example: provision-bench all --quick
     All(AllArgs),
@@ -95,6 +109,28 @@ struct BurstArgs {
     /// Concurrency of each worker.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     concurrency: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+struct DashboardArgs {
+    /// Tenants in the database.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=200_000))]
+    tenants: u32,
+
+    /// Requests of each page.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+struct PlatformArgs {
+    /// Tenants made here that every tool migrates.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    schemas: u32,
+
+    /// Tenants made by Client.save(), one at a time.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    by_hand: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -196,6 +232,8 @@ enum Part {
     MigrateAll(migrate_all::Options),
     Provision(provision::Options),
     Signup(signup::Options),
+    Dashboard(dashboard::Options),
+    Platform(platform::Options),
 }
 
 impl Command {
@@ -205,6 +243,14 @@ impl Command {
             Self::Burst(_) => Vec::new(),
             Self::Provision(args) => vec![Part::Provision(args.options())],
             Self::Signup(args) => vec![Part::Signup(args.options())],
+            Self::Platform(args) => vec![Part::Platform(platform::Options {
+                schemas: args.schemas as usize,
+                by_hand: args.by_hand as usize,
+            })],
+            Self::Dashboard(args) => vec![Part::Dashboard(dashboard::Options {
+                tenants: args.tenants as usize,
+                repeat: args.repeat as usize,
+            })],
             Self::All(args) if args.quick => vec![
                 Part::MigrateAll(migrate_all::Options {
                     schemas: 20,
@@ -220,6 +266,14 @@ impl Command {
                     signups: 5,
                     reconciler_signups: 3,
                     repeat: 1,
+                }),
+                Part::Platform(platform::Options {
+                    schemas: 10,
+                    by_hand: 1,
+                }),
+                Part::Dashboard(dashboard::Options {
+                    tenants: 500,
+                    repeat: 3,
                 }),
             ],
             Self::All(args) => vec![
@@ -238,6 +292,14 @@ impl Command {
                     reconciler_signups: 20,
                     repeat: 3,
                 }),
+                Part::Platform(platform::Options {
+                    schemas: 1000,
+                    by_hand: 10,
+                }),
+                Part::Dashboard(dashboard::Options {
+                    tenants: 10_000,
+                    repeat: 30,
+                }),
             ],
         }
     }
@@ -247,6 +309,8 @@ impl Command {
             Self::MigrateAll(_) => "migrate-all",
             Self::Provision(_) => "provision",
             Self::Signup(_) => "signup",
+            Self::Platform(_) => "platform",
+            Self::Dashboard(_) => "dashboard",
             Self::All(_) => "all",
             Self::Burst(_) => "burst",
         }
@@ -355,6 +419,8 @@ async fn measure(
                 Part::MigrateAll(options) => migrate_all::run(&env, options, report).await,
                 Part::Provision(options) => provision::run(&env, options, report).await,
                 Part::Signup(options) => signup::run(&env, options, report).await,
+                Part::Platform(options) => platform::run(&env, options, report).await,
+                Part::Dashboard(options) => dashboard::run(&env, options, report).await,
             }
         } => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),

@@ -186,9 +186,9 @@ fn deadline(n: usize) -> Duration {
 }
 
 /// A run followed to its end.
-struct TimedRun {
+pub(crate) struct TimedRun {
     /// From just before it started until it was seen finished.
-    elapsed: Duration,
+    pub(crate) elapsed: Duration,
     run_id: i64,
     /// Queries the bench itself made meanwhile.
     queries: i64,
@@ -197,7 +197,7 @@ struct TimedRun {
 /// Starts a run to `version` and follows it to its end: the time an
 /// operator waits for `provision migrate --all --wait`. Fails on a failed
 /// schema, a dead worker or a run that never ends.
-async fn timed_run(
+pub(crate) async fn timed_run(
     env: &BenchEnv,
     worker: &mut Worker,
     set: &MigrationSet,

@@ -133,6 +133,13 @@ pub(crate) enum Goal {
         /// The goal as the table shows it.
         text: &'static str,
     },
+    /// The figure's median at least `limit`; `text` says so.
+    AtLeast {
+        /// The limit.
+        limit: f64,
+        /// The goal as the table shows it.
+        text: &'static str,
+    },
     /// No goal: shown for context.
     None,
 }
@@ -171,7 +178,7 @@ impl Row {
         match self.goal {
             Goal::RatioAtMost(x) => format!("≤ {x}×"),
             Goal::RatioAtLeast(x) => format!("≥ {:.0}%", x * 100.0),
-            Goal::AtMost { text, .. } => text.into(),
+            Goal::AtMost { text, .. } | Goal::AtLeast { text, .. } => text.into(),
             Goal::None => "—".into(),
         }
     }
@@ -182,6 +189,7 @@ impl Row {
             Goal::RatioAtMost(x) => self.ratio().map(|r| r <= x),
             Goal::RatioAtLeast(x) => self.ratio().map(|r| r >= x),
             Goal::AtMost { scale, limit, .. } => Some(self.figure.median() * scale <= limit),
+            Goal::AtLeast { limit, .. } => Some(self.figure.median() >= limit),
             Goal::None => None,
         }
     }
