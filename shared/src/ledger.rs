@@ -94,6 +94,10 @@ pub async fn read_ledgers(
             }
         }
     }
+    // Keys are matched to the set's positions here, not by a join in each
+    // of a query's hundred arms, which would cost the server a plan each.
+    let positions: std::sync::Arc<HashMap<String, i32>> =
+        std::sync::Arc::new(set.members().iter().map(|m| (m.key(), m.position)).collect());
     let mut batches = to_read.chunks(LEDGERS_PER_QUERY);
     let mut running = tokio::task::JoinSet::new();
     loop {
@@ -101,8 +105,8 @@ pub async fn read_ledgers(
             let Some(batch) = batches.next() else {
                 break;
             };
-            let (pool, batch, version) = (pool.clone(), batch.to_vec(), set.version());
-            running.spawn(async move { read_batch(&pool, version, &batch).await });
+            let (pool, batch, positions) = (pool.clone(), batch.to_vec(), positions.clone());
+            running.spawn(async move { read_batch(&pool, &positions, &batch).await });
         }
         match running.join_next().await {
             None => break,
@@ -116,25 +120,25 @@ pub async fn read_ledgers(
     Ok(ledgers)
 }
 
-/// One query for the ledgers of `schemas`, each known to have one.
+/// One query for the ledgers of `schemas`, each known to have one: each
+/// schema's applied keys, matched to the set's `positions` (a key the set
+/// does not hold is not one of its migrations).
 async fn read_batch(
     pool: &PgPool,
-    set_version: i32,
+    positions: &HashMap<String, i32>,
     schemas: &[Ident],
 ) -> Result<Vec<(String, Ledger)>, ProvisionError> {
     let mut script = Script::new();
-    let applied: Marker<sqlx::types::Json<HashMap<String, Vec<i32>>>> = script.marker(|s| {
-        s.sql("(SELECT coalesce(jsonb_object_agg(schema_name, positions), '{}') FROM (SELECT schema_name, array_agg(DISTINCT position ORDER BY position) AS positions FROM (");
+    let applied: Marker<sqlx::types::Json<HashMap<String, Vec<String>>>> = script.marker(|s| {
+        s.sql("(SELECT coalesce(jsonb_object_agg(schema_name, keys), '{}') FROM (");
         s.join(schemas, "\nUNION ALL ", |s, schema| {
             s.sql("SELECT ")
                 .text(schema.name())
-                .sql(" AS schema_name, sm.position FROM ")
+                .sql(" AS schema_name, coalesce(array_agg(m.app || '.' || m.name), '{}') AS keys FROM ")
                 .ident(schema)
-                .sql(".django_migrations m JOIN public.provision_migration_set_member sm ON sm.set_version = ")
-                .int(i64::from(set_version))
-                .sql(" AND sm.app = m.app AND sm.name = m.name");
+                .sql(".django_migrations m");
         });
-        s.sql(") AS rows GROUP BY schema_name) AS by_schema)");
+        s.sql(") AS by_schema)");
     });
     let mut conn = pool.acquire().await?;
     let output = script.finish()?.run(&mut conn).await.map_err(|f| f.error)?;
@@ -142,8 +146,15 @@ async fn read_batch(
     Ok(schemas
         .iter()
         .map(|s| {
-            let positions = by_schema.remove(s.name()).unwrap_or_default();
-            (s.name().to_owned(), Ledger::Applied(positions))
+            let mut applied: Vec<i32> = by_schema
+                .remove(s.name())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|key| positions.get(key).copied())
+                .collect();
+            applied.sort_unstable();
+            applied.dedup();
+            (s.name().to_owned(), Ledger::Applied(applied))
         })
         .collect())
 }
