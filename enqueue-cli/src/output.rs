@@ -67,11 +67,11 @@ pub(crate) fn print_status(status: &TenantStatus) {
         println!("Tenant {} — {}", status.schema_name, status.name);
     }
     let made = match status.made_by.as_str() {
-        "provision" => "made by provision",
-        "platform" => "made by the platform (by hand, the Django admin or Client.save())",
-        _ => "the platform's public schema, shared by every tenant",
+        "provision" => "provision",
+        "platform" => "the platform (by hand, the Django admin or Client.save())",
+        _ => "the platform (its public schema, shared by every tenant)",
     };
-    println!("  made        {made}");
+    println!("  made by     {made}");
     if status.gone {
         println!(
             "  gone        its tenants_client row was deleted by the platform; its history is kept below"
