@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use provision_shared::ProvisionError;
 use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
-use provision_shared::jobs::{JobKind, JobRequest, JobSink};
+use provision_shared::jobs::{JobRequest, JobSink};
 use provision_shared::migration_set::MigrationSet;
-use provision_shared::request::{Recorded, TenantRequest, note_job_id, record_request};
+use provision_shared::request::{Recorded, TenantRequest, push_owed_job, record_request};
 use provision_shared::retry::RetryPolicy;
 use provision_shared::state::TenantState;
 use sqlx::PgPool;
@@ -65,12 +65,11 @@ pub(crate) async fn record(pool: &PgPool, schema: &str, hash: &str) -> anyhow::R
     Ok(())
 }
 
-/// Pushes `schema`'s `CreateTenant` job and notes its id, as `provision
-/// create-tenant` does. A tenant whose job id is not noted looks owed to a
-/// worker's reconciler after two seconds, which would push its job again.
+/// Pushes `schema`'s `CreateTenant` job, as `provision create-tenant`
+/// does: its id claimed first, so a listening worker that was told of the
+/// request and claimed it already is not doubled.
 pub(crate) async fn push<S: JobSink>(pool: &PgPool, queue: &S, schema: &str) -> anyhow::Result<()> {
-    let id = queue.push(JobRequest::now(JobKind::CreateTenant, schema)).await?;
-    note_job_id(pool, schema, &id).await?;
+    push_owed_job(pool, queue, schema, None).await?;
     Ok(())
 }
 

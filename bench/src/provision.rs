@@ -92,7 +92,7 @@ fn pause(i: usize) -> Duration {
     heartbeat(JobKind::CreateTenant).mul_f64(fraction)
 }
 
-/// (a) One signup at a time with one idle worker: from the push to the
+/// (a) One signup at a time with one idle worker: from the request to the
 /// tenant's `ready`, against the tenant's SQL in one transaction.
 async fn latency(
     env: &BenchEnv,
@@ -118,9 +118,11 @@ async fn latency(
         let mut progress = Progress::new(format!("signups #{}", rep + 1), s);
         for i in 0..s {
             let schema = format!("lat{rep}_{i:05}");
-            fixtures::record(&env.pool, &schema, hash).await?;
             tokio::time::sleep(pause(i)).await;
+            // From the request's commit, as `create-tenant` makes it: the
+            // listening worker may push the job before the client does.
             let started = Instant::now();
+            fixtures::record(&env.pool, &schema, hash).await?;
             fixtures::push(&env.pool, queue, &schema).await?;
             let mut polls = 0u32;
             loop {
@@ -169,7 +171,7 @@ async fn latency(
         Unit::Ms,
         median,
         Some(floor_median),
-        Goal::RatioAtMost(2.0),
+        Goal::RatioAtMost(1.2),
     );
     report.row(
         format!("signup → ready, p99 of {s}"),
@@ -179,8 +181,8 @@ async fn latency(
         Goal::RatioAtMost(5.0),
     );
     report.note(format!(
-        "signup → ready, where the time goes (medians over all signups): push → tenant registered \
-         (queue pick-up plus the register step) {:.0} ms; registered → ready (the other four steps) {:.0} ms. \
+        "signup → ready, where the time goes (medians over all signups): request → tenant registered \
+         (recording, queue pick-up and the register step) {:.0} ms; registered → ready (the other four steps) {:.0} ms. \
          Signups are spread over the worker's {} ms heartbeat.",
         before_registered.median(),
         registered_to_ready.median(),
@@ -361,7 +363,7 @@ async fn throughput(
         Unit::PerSec,
         rate,
         Some(floor_rate),
-        Goal::RatioAtLeast(0.7),
+        Goal::RatioAtLeast(0.9),
     );
     report.row(
         "worker peak RSS (VmHWM) during the drain",
