@@ -30,6 +30,17 @@ struct Dashboard {
 }
 
 impl Dashboard {
+    /// Starts the dashboard on a free loopback port with the users file
+    /// `users`.
+    async fn start_with_users(env: &TestEnv, users: &Path) -> Self {
+        Self::start(
+            env,
+            &["--addr", "127.0.0.1:0", "--users", users.to_str().unwrap()],
+            &[],
+        )
+        .await
+    }
+
     /// Starts `provision dashboard` with `args` and waits for the line
     /// that says where it serves.
     async fn start(env: &TestEnv, args: &[&str], extra_env: &[(&str, &str)]) -> Self {
@@ -598,12 +609,7 @@ async fn sign_in_csrf_and_roles_refuse_what_they_should() {
     let users = users_file(&env);
     insert_tenants(&env, "au", 40).await;
     // au_00014 and au_00015 are failed.
-    let dashboard = Dashboard::start(
-        &env,
-        &["--addr", "127.0.0.1:0", "--users", users.to_str().unwrap()],
-        &[],
-    )
-    .await;
+    let dashboard = Dashboard::start_with_users(&env, &users).await;
 
     // Without a session: the sign-in page.
     let anonymous = dashboard.get("/tenants?state=failed", "").await;
@@ -1197,12 +1203,7 @@ async fn in_a_browser_an_operator_fixes_and_retries_a_failed_tenant_and_watches_
     // No worker while the operator looks: the retried tenant then waits,
     // visibly, until one starts.
     drop(worker);
-    let dashboard = Dashboard::start(
-        &env,
-        &["--addr", "127.0.0.1:0", "--users", users.to_str().unwrap()],
-        &[],
-    )
-    .await;
+    let dashboard = Dashboard::start_with_users(&env, &users).await;
     let browser = Browser::start(&env).await;
     browser_sign_in(&browser, &dashboard, "olga", "olga-password").await;
 
@@ -1296,12 +1297,7 @@ async fn in_a_browser_a_viewer_finds_no_action_and_her_forged_post_is_refused() 
     let env = TestEnv::new("dashviewer").await;
     let users = users_file(&env);
     insert_tenants(&env, "vw", 40).await;
-    let dashboard = Dashboard::start(
-        &env,
-        &["--addr", "127.0.0.1:0", "--users", users.to_str().unwrap()],
-        &[],
-    )
-    .await;
+    let dashboard = Dashboard::start_with_users(&env, &users).await;
     let browser = Browser::start(&env).await;
     browser_sign_in(&browser, &dashboard, "vera", "vera-password").await;
     let no_action = "return document.querySelectorAll('[data-action], form[method=post]:not([action=\"/logout\"])').length === 0";
