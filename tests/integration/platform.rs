@@ -284,18 +284,21 @@ async fn a_tenant_provisioned_here_is_one_django_cannot_tell_from_its_own() {
         "theo (provisioned here) against legacy (Client.save())",
     );
 
-    let check = env.django_in(
-        &platform_dir(),
-        &[
-            "platform_check",
-            "--domain",
-            "theo.newconcierge.app",
-            "--email",
-            "theo@example.com",
-            "--password-stdin",
-        ],
-        Some(&format!("{PASSWORD}\n")),
-    );
+    let platform_check = |password: &str| {
+        env.django_in(
+            &platform_dir(),
+            &[
+                "platform_check",
+                "--domain",
+                "theo.newconcierge.app",
+                "--email",
+                "theo@example.com",
+                "--password-stdin",
+            ],
+            Some(&format!("{password}\n")),
+        )
+    };
+    let check = platform_check(PASSWORD);
     check.expect_code(0);
     let served = check.json();
     assert_eq!(served["tenant"]["status"], 200, "{served}");
@@ -305,18 +308,7 @@ async fn a_tenant_provisioned_here_is_one_django_cannot_tell_from_its_own() {
     assert_eq!(served["buildings"]["body"]["buildings"][0]["apartments"], 10);
     assert_eq!(served["login"]["status"], 200, "{served}");
     assert_eq!(served["login"]["body"]["role"], "admin");
-    let wrong = env.django_in(
-        &platform_dir(),
-        &[
-            "platform_check",
-            "--domain",
-            "theo.newconcierge.app",
-            "--email",
-            "theo@example.com",
-            "--password-stdin",
-        ],
-        Some("not-the-password\n"),
-    );
+    let wrong = platform_check("not-the-password");
     assert_eq!(wrong.json()["login"]["status"], 401);
 }
 
