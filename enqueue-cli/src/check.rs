@@ -8,6 +8,7 @@ use provision_queue::options::ConnectionOptions;
 use provision_shared::ProvisionError;
 use provision_shared::jobs::JobKind;
 use provision_shared::ledger::{Ledger, read_ledgers};
+use provision_shared::lifecycle::schedule::stuck_lifecycle_jobs;
 use provision_shared::migration_set::MigrationSet;
 use provision_shared::public_schema::public_pending;
 use provision_shared::{db, validate};
@@ -128,6 +129,7 @@ pub(crate) async fn run_checks(options: &ConnectionOptions, stuck_after: Duratio
             items.push(public_migrations(pool).await);
             items.push(public_tenant(pool).await);
             items.push(tenants(pool, stuck_after).await);
+            items.push(deletions(pool, stuck_after).await);
             items.push(schema_permission(pool).await);
         }
         None => {
@@ -331,6 +333,40 @@ async fn tenants(pool: &PgPool, stuck_after: Duration) -> CheckItem {
             stuck[0].0
         ),
     )
+}
+
+/// Deletions due for longer than `stuck_after` that no worker carried on,
+/// lifecycle jobs that stopped moving, and failed ones.
+async fn deletions(pool: &PgPool, stuck_after: Duration) -> CheckItem {
+    const NAME: &str = "deletions";
+    match stuck_lifecycle_jobs(pool, stuck_after).await {
+        Ok(stuck) if stuck.is_empty() => CheckItem::pass(NAME, "no deletion or restore is due but stuck"),
+        Ok(stuck) => {
+            let listed: Vec<String> = stuck
+                .iter()
+                .take(5)
+                .map(|s| match (&s.failed_step, &s.last_error) {
+                    (Some(step), error) => format!(
+                        "{} failed at {step}: {}",
+                        s.schema_name,
+                        error.as_deref().unwrap_or("no error recorded")
+                    ),
+                    (None, _) => format!("{} {} since {}", s.schema_name, s.state, s.since.to_rfc3339()),
+                })
+                .collect();
+            CheckItem::fail(
+                NAME,
+                format!("{} stuck: {}", stuck.len(), listed.join("; ")),
+                "a failed one: fix what its error says, then `provision retry --schema-name S`; \
+                 one due but not started: is a worker running, with PROVISION_BACKUP_DIR set?",
+            )
+        }
+        Err(e) => CheckItem::fail(
+            NAME,
+            format!("cannot read deletions: {e}"),
+            "see the database check",
+        ),
+    }
 }
 
 async fn schema_permission(pool: &PgPool) -> CheckItem {

@@ -18,6 +18,7 @@ use provision_shared::request::{
 };
 use provision_shared::requeue::{RetryTarget, retry_and_requeue};
 use provision_shared::status::{list_tenants, tenant_history, tenant_status};
+use provision_shared::tenant_search::TenantFilter;
 use provision_shared::{ProvisionError, TenantState, db, password, validate};
 use serde_json::json;
 use sqlx::PgPool;
@@ -83,6 +84,11 @@ pub(crate) async fn run(options: ConnectionOptions, command: Command) -> Result<
         Command::Migrate(args) => crate::migrate::migrate(&ctx, args).await,
         Command::ImportMigrations(args) => crate::import::import_migrations(&ctx, args).await,
         Command::Dashboard(args) => crate::dashboard::dashboard(&ctx, args).await,
+        Command::Suspend(args) => crate::lifecycle::suspend_command(&ctx, args).await,
+        Command::Resume(args) => crate::lifecycle::resume_command(&ctx, args).await,
+        Command::DeleteTenant(args) => crate::lifecycle::delete_tenant_command(&ctx, args).await,
+        Command::CancelDelete(args) => crate::lifecycle::cancel_delete_command(&ctx, args).await,
+        Command::RestoreTenant(args) => crate::lifecycle::restore_tenant_command(&ctx, args).await,
     }
 }
 
@@ -407,15 +413,12 @@ async fn status(ctx: &Ctx, args: StatusArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode, CliError> {
-    let state = match &args.state {
-        None => None,
-        Some(s) => Some(
-            s.parse::<TenantState>()
-                .map_err(|e| CliError::invalid("state", e))?,
-        ),
+    let filter = match &args.state {
+        None => TenantFilter::default(),
+        Some(s) => TenantFilter::state_or_lifecycle(s).map_err(invalid)?,
     };
     let pool = ctx.pool().await?;
-    let tenants = list_tenants(&pool, state).await.map_err(|e| ctx.error(e))?;
+    let tenants = list_tenants(&pool, &filter).await.map_err(|e| ctx.error(e))?;
     if args.json {
         print_json(&tenants);
     } else {
@@ -509,6 +512,22 @@ async fn retry(ctx: &Ctx, args: RetryArgs) -> Result<ExitCode, CliError> {
             println!("Re-queued the failed migration of {schema} in migrate-all run {run_id}");
         }
         requeued.push(json!({"schema_name": schema, "migration_run": run_id}));
+    }
+    for (schema, kind, job_id) in &done.lifecycle {
+        if !args.json {
+            println!(
+                "Re-queued the {} of {schema}{}",
+                match kind {
+                    JobKind::RestoreTenant => "restore",
+                    _ => "deletion",
+                },
+                job_id
+                    .as_deref()
+                    .map(|id| format!(" (job {id})"))
+                    .unwrap_or_default()
+            );
+        }
+        requeued.push(json!({"schema_name": schema, "job": kind.name(), "job_id": job_id}));
     }
     if args.json {
         print_json(&json!({"requeued": requeued.len(), "tenants": requeued}));

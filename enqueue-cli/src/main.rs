@@ -6,6 +6,7 @@ mod commands;
 mod dashboard;
 mod exit_codes;
 mod import;
+mod lifecycle;
 mod migrate;
 mod output;
 
@@ -106,6 +107,41 @@ enum Command {
     /// Example: DJANGO_SETTINGS_MODULE=concierge.settings provision import-migrations
     /// --manage-py backend/manage.py --python backend/.venv/bin/python
     ImportMigrations(ImportArgs),
+
+    /// Switch a tenant off: `tenants_client.is_active` false, so the
+    /// platform refuses its domains; recorded with who and why.
+    ///
+    /// Refused (exit 1) while it is being provisioned or deleted.
+    ///
+    /// Example: provision suspend --schema-name theo --reason "invoice 2026-11 unpaid"
+    Suspend(lifecycle::SuspendArgs),
+
+    /// Switch a suspended tenant on again.
+    ///
+    /// Example: provision resume --schema-name theo
+    Resume(lifecycle::TenantArgs),
+
+    /// Schedule a tenant's deletion: suspended at once; when due (after
+    /// --grace days, 7 by default, or --now) a worker backs it up to
+    /// PROVISION_BACKUP_DIR, verifies the backup, then drops the schema and
+    /// its rows. Without --confirm naming the same schema nothing happens
+    /// (exit 2).
+    ///
+    /// Example: provision delete-tenant --schema-name theo --confirm theo --grace 7
+    DeleteTenant(lifecycle::DeleteTenantArgs),
+
+    /// Take back a scheduled deletion while nothing is dropped yet: the
+    /// tenant is active again.
+    ///
+    /// Example: provision cancel-delete --schema-name theo
+    CancelDelete(lifecycle::TenantArgs),
+
+    /// Bring a deleted tenant back from the backup its deletion wrote:
+    /// schema, rows, domains, active. The file's SHA-256 must be the one
+    /// recorded, and the schema name and domains free.
+    ///
+    /// Example: provision restore-tenant --backup /var/backups/provision/theo-1.dump --wait
+    RestoreTenant(lifecycle::RestoreTenantArgs),
 
     /// The operator's web dashboard: tenants by state, each tenant's
     /// history and errors, the queues and the migrate-all run, live; and,
@@ -378,6 +414,10 @@ impl Command {
             Self::FixDomain(a) => a.json,
             Self::Check(a) => a.json,
             Self::ImportMigrations(a) => a.json,
+            Self::Suspend(a) => a.json,
+            Self::Resume(a) | Self::CancelDelete(a) => a.json,
+            Self::DeleteTenant(a) => a.json,
+            Self::RestoreTenant(a) => a.json,
             Self::Dashboard(_) => false,
         }
     }

@@ -31,10 +31,10 @@ fn time(at: &DateTime<Utc>) -> String {
 /// One history entry as a line (used by `status` and by `--wait`).
 pub(crate) fn history_line(entry: &HistoryEntry) -> String {
     let mut line = format!(
-        "{}  {:<15} {:<15} attempt {:<2} by {}",
+        "{}  {:<17} {:<18} attempt {:<2} by {}",
         time(&entry.at),
         entry.step,
-        entry.state,
+        entry.lifecycle_state.as_deref().unwrap_or(&entry.state),
         entry.attempt,
         entry.actor
     );
@@ -72,11 +72,12 @@ pub(crate) fn print_status(status: &TenantStatus) {
         _ => "the platform (its public schema, shared by every tenant)",
     };
     println!("  made by     {made}");
-    if status.gone {
+    if status.gone && status.lifecycle == "gone" {
         println!(
             "  gone        its tenants_client row was deleted by the platform; its history is kept below"
         );
     }
+    print_lifecycle(status);
     let mut state = status.state.clone();
     if let Some(step) = &status.failed_step {
         state.push_str(&format!(" at step {step} (attempt {})", status.attempt));
@@ -115,6 +116,14 @@ pub(crate) fn print_status(status: &TenantStatus) {
         println!("  demo data   {demo}");
     }
     match &status.migration {
+        Some(_) if !status.schema_exists => println!(
+            "  migrations  - (the schema does not exist{})",
+            if status.lifecycle == "deleted" {
+                ": the tenant is deleted"
+            } else {
+                "; `provision check` says how to fix it"
+            }
+        ),
         Some(m) if m.pending.is_empty() => println!(
             "  migrations  {} of {} (tenant migration set {}), up to date",
             m.applied, m.latest, m.set_version
@@ -147,21 +156,81 @@ pub(crate) fn print_status(status: &TenantStatus) {
     }
 }
 
+/// The lifecycle line, and what the lifecycle row says of it.
+fn print_lifecycle(status: &TenantStatus) {
+    let mut line = status.lifecycle.clone();
+    if let Some(d) = &status.lifecycle_detail {
+        let by = format!("by {} at {}", d.changed_by, time(&d.changed_at));
+        match status.lifecycle.as_str() {
+            "suspended" => line.push_str(&format!(
+                " ({}, {by})",
+                d.reason.as_deref().unwrap_or("no reason given")
+            )),
+            "deletion_scheduled" => line.push_str(&format!(
+                ": due {} ({}, {by})",
+                d.delete_after.as_ref().map_or_else(|| "-".into(), time),
+                if d.with_backup == Some(false) {
+                    "without a backup"
+                } else {
+                    "with a backup"
+                }
+            )),
+            "deleted" => line.push_str(&format!(
+                " at {}",
+                d.deleted_at.as_ref().map_or_else(|| "-".into(), time)
+            )),
+            "deletion_failed" | "restore_failed" | "deleting" | "restoring" => {
+                line.push_str(&format!(" (step state {}, {by})", d.state));
+                if let Some(step) = &d.failed_step {
+                    line.push_str(&format!("; failed at {step}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    println!("  lifecycle   {line}");
+    if let Some(d) = &status.lifecycle_detail {
+        if let Some(path) = &d.backup_path {
+            let label = match status.lifecycle.as_str() {
+                "deleted" | "deleting" | "deletion_failed" | "restoring" | "restore_failed" => "backup",
+                _ => "last backup",
+            };
+            println!(
+                "  {label:<11} {path} ({} bytes, sha256 {})",
+                d.backup_bytes.map_or_else(|| "?".into(), |b| b.to_string()),
+                d.backup_sha256.as_deref().unwrap_or("not verified yet")
+            );
+        }
+        if let (Some(error), true) = (&d.last_error, d.failed_step.is_some()) {
+            println!("  error       {error}");
+        }
+    }
+}
+
 /// `provision list` as aligned columns.
 pub(crate) fn print_list(entries: &[TenantListEntry]) {
-    let rows: Vec<[String; 5]> = entries
+    let rows: Vec<[String; 6]> = entries
         .iter()
         .map(|e| {
             [
                 e.schema_name.clone(),
                 e.name.clone(),
                 e.state.clone(),
+                e.lifecycle.clone(),
                 e.primary_domain.clone().unwrap_or_else(|| "-".into()),
                 e.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             ]
         })
         .collect();
-    let header = ["SCHEMA", "NAME", "STATE", "PRIMARY DOMAIN", "UPDATED (UTC)"].map(String::from);
+    let header = [
+        "SCHEMA",
+        "NAME",
+        "STATE",
+        "LIFECYCLE",
+        "PRIMARY DOMAIN",
+        "UPDATED (UTC)",
+    ]
+    .map(String::from);
     let mut widths = header.clone().map(|h| h.chars().count());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -23,11 +23,12 @@ pub fn wake_channel(namespace: &str, kind: JobKind) -> String {
 /// once; the heartbeat is the fallback when a wake-up is lost and the poll
 /// for delayed jobs (retries), so it still bounds the pick-up delay: 100 ms
 /// for `CreateTenant` and `MigrateSchema` (the library's default of 30 s is
-/// what a signup must never see), half a second for demo data.
+/// what a signup must never see), half a second for demo data and the
+/// lifecycle jobs.
 pub fn heartbeat(kind: JobKind) -> Duration {
     match kind {
         JobKind::CreateTenant | JobKind::MigrateSchema => Duration::from_millis(100),
-        JobKind::SeedDemoData => Duration::from_millis(500),
+        JobKind::SeedDemoData | JobKind::DeleteTenant | JobKind::RestoreTenant => Duration::from_millis(500),
     }
 }
 

@@ -87,6 +87,17 @@ pub enum ProvisionError {
     #[error("{0}")]
     PlatformUnreachable(String),
 
+    /// A backup could not be written, read or verified (the folder is not
+    /// writable, the file is not what was recorded, `pg_dump` or
+    /// `pg_restore` refused): what went wrong. Permanent: an operator must
+    /// fix it, then `retry`.
+    #[error("{0}")]
+    Backup(String),
+
+    /// `pg_dump` or `pg_restore` could not reach the server. Transient.
+    #[error("{0}")]
+    BackupUnreachable(String),
+
     /// The job queue could not be reached or refused the job.
     #[error("queue: {0}")]
     Queue(String),
@@ -118,12 +129,14 @@ impl ProvisionError {
             | Self::UnknownTenant(_)
             | Self::WrongState(_)
             | Self::Migration { .. }
-            | Self::Platform(_) => true,
+            | Self::Platform(_)
+            | Self::Backup(_) => true,
             Self::Queue(_)
             | Self::Contended(_)
             | Self::StaleSet(_)
             | Self::NoMigrationSet
-            | Self::PlatformUnreachable(_) => false,
+            | Self::PlatformUnreachable(_)
+            | Self::BackupUnreachable(_) => false,
             Self::Database(e) => !is_transient_db_error(e),
         }
     }
@@ -132,7 +145,7 @@ impl ProvisionError {
     /// for the client).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Queue(_) | Self::PlatformUnreachable(_) => true,
+            Self::Queue(_) | Self::PlatformUnreachable(_) | Self::BackupUnreachable(_) => true,
             Self::Database(e) => is_connection_error(e),
             _ => false,
         }
@@ -151,6 +164,8 @@ impl ProvisionError {
             Self::NoMigrationSet => "no_migration_set",
             Self::Platform(_) => "platform",
             Self::PlatformUnreachable(_) => "platform_unreachable",
+            Self::Backup(_) => "backup",
+            Self::BackupUnreachable(_) => "backup_unreachable",
             Self::Queue(_) => "redis_unreachable",
             Self::Database(e) if is_connection_error(e) => "postgres_unreachable",
             Self::Database(_) => "database",

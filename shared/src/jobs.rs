@@ -16,11 +16,21 @@ pub enum JobKind {
     SeedDemoData,
     /// [`MigrateSchema`].
     MigrateSchema,
+    /// [`DeleteTenant`].
+    DeleteTenant,
+    /// [`RestoreTenant`].
+    RestoreTenant,
 }
 
 impl JobKind {
     /// Every kind.
-    pub const ALL: [JobKind; 3] = [Self::CreateTenant, Self::SeedDemoData, Self::MigrateSchema];
+    pub const ALL: [JobKind; 5] = [
+        Self::CreateTenant,
+        Self::SeedDemoData,
+        Self::MigrateSchema,
+        Self::DeleteTenant,
+        Self::RestoreTenant,
+    ];
 
     /// The stable name: part of the queue's Redis keys and of log fields.
     pub fn name(self) -> &'static str {
@@ -28,6 +38,8 @@ impl JobKind {
             Self::CreateTenant => "create_tenant",
             Self::SeedDemoData => "seed_demo_data",
             Self::MigrateSchema => "migrate_schema",
+            Self::DeleteTenant => "delete_tenant",
+            Self::RestoreTenant => "restore_tenant",
         }
     }
 }
@@ -72,6 +84,27 @@ pub struct SeedDemoData {
     pub schema_name: String,
 }
 
+/// Carry a tenant's scheduled deletion through its steps; what to delete
+/// and how is in `provision_lifecycle`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteTenant {
+    /// Payload version.
+    pub v: u32,
+    /// The tenant.
+    pub schema_name: String,
+}
+
+/// Restore a deleted tenant from the backup its lifecycle row names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreTenant {
+    /// Payload version.
+    pub v: u32,
+    /// The tenant.
+    pub schema_name: String,
+}
+
 /// Apply pending tenant migrations to schemas of a migration run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +134,30 @@ impl Payload for CreateTenant {
 }
 
 impl Payload for SeedDemoData {
+    const VERSION: u32 = 1;
+
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn schema_names(&self) -> Vec<&str> {
+        vec![&self.schema_name]
+    }
+}
+
+impl Payload for DeleteTenant {
+    const VERSION: u32 = 1;
+
+    fn version(&self) -> u32 {
+        self.v
+    }
+
+    fn schema_names(&self) -> Vec<&str> {
+        vec![&self.schema_name]
+    }
+}
+
+impl Payload for RestoreTenant {
     const VERSION: u32 = 1;
 
     fn version(&self) -> u32 {
@@ -180,6 +237,14 @@ impl JobRequest {
             }),
             JobKind::SeedDemoData => serde_json::to_value(SeedDemoData {
                 v: SeedDemoData::VERSION,
+                schema_name,
+            }),
+            JobKind::DeleteTenant => serde_json::to_value(DeleteTenant {
+                v: DeleteTenant::VERSION,
+                schema_name,
+            }),
+            JobKind::RestoreTenant => serde_json::to_value(RestoreTenant {
+                v: RestoreTenant::VERSION,
                 schema_name,
             }),
             JobKind::MigrateSchema => serde_json::to_value(MigrateSchema {

@@ -9,6 +9,7 @@ pub mod demo_data;
 pub mod error;
 pub mod jobs;
 pub mod ledger;
+pub mod lifecycle;
 pub mod locks;
 pub mod migrate_all;
 pub mod migration_set;

@@ -45,8 +45,9 @@ pub enum RunTrigger {
 /// Which schemas a run covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunScope<'a> {
-    /// Every tenant of `tenants_client` but `public`, however it was made
-    /// (`migrate --all`, the schedule).
+    /// Every tenant of `tenants_client` but `public`, however it was made,
+    /// but those whose deletion is under way (`migrate --all`, the
+    /// schedule).
     All,
     /// One tenant's schema (`migrate --schema-name`).
     Schema(&'a str),
@@ -80,8 +81,17 @@ pub async fn start_run(
     }
     let names: Vec<String> = match scope {
         RunScope::All => {
+            // Not a tenant whose deletion is under way: its schema is being
+            // backed up, or is gone.
             sqlx::query_scalar(
-                "SELECT schema_name FROM public.tenants_client WHERE schema_name <> 'public' ORDER BY schema_name",
+                "SELECT c.schema_name FROM public.tenants_client c
+                 WHERE c.schema_name <> 'public'
+                   AND NOT EXISTS (SELECT 1 FROM public.provision_lifecycle l
+                                   WHERE l.schema_name = c.schema_name
+                                     AND (l.state IN ('backed_up', 'backup_verified', 'schema_dropped')
+                                          OR (l.state = 'failed' AND l.failed_from_state IN
+                                              ('backed_up', 'backup_verified', 'schema_dropped'))))
+                 ORDER BY c.schema_name",
             )
             .fetch_all(pool)
             .await?

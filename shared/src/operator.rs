@@ -251,15 +251,48 @@ pub(crate) async fn record_event(
     detail: &str,
     actor: &str,
 ) -> Result<(), ProvisionError> {
+    insert_event(tx, schema_name, step, None, Some(detail), None, actor).await
+}
+
+/// Records a step of a tenant's lifecycle in its history, with the
+/// lifecycle state it led to, and what it did or the error that stopped it.
+pub(crate) async fn record_lifecycle_event(
+    tx: &mut sqlx::PgConnection,
+    schema_name: &str,
+    step: &str,
+    lifecycle_state: &str,
+    outcome: Result<&str, &str>,
+    actor: &str,
+) -> Result<(), ProvisionError> {
+    let (detail, error) = match outcome {
+        Ok(detail) => (Some(detail), None),
+        Err(error) => (None, Some(error)),
+    };
+    insert_event(tx, schema_name, step, Some(lifecycle_state), detail, error, actor).await
+}
+
+async fn insert_event(
+    tx: &mut sqlx::PgConnection,
+    schema_name: &str,
+    step: &str,
+    lifecycle_state: Option<&str>,
+    detail: Option<&str>,
+    error: Option<&str>,
+    actor: &str,
+) -> Result<(), ProvisionError> {
     sqlx::query(
-        "INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, detail, actor)
-         SELECT $1, coalesce(t.state, 'external'), coalesce(t.state, 'external'), $2, coalesce(t.attempt, 0), $3, $4
+        "INSERT INTO public.provision_event
+             (schema_name, from_state, to_state, step, attempt, detail, error, actor, lifecycle_state)
+         SELECT $1, coalesce(t.state, 'external'), coalesce(t.state, 'external'), $2, coalesce(t.attempt, 0),
+                $3, $4, $5, $6
          FROM (SELECT 1) AS one LEFT JOIN public.provision_tenant t ON t.schema_name = $1",
     )
     .bind(schema_name)
     .bind(step)
     .bind(detail)
+    .bind(error)
     .bind(actor)
+    .bind(lifecycle_state)
     .execute(&mut *tx)
     .await?;
     Ok(())

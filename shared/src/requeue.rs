@@ -7,6 +7,7 @@ use sqlx::PgPool;
 
 use crate::error::ProvisionError;
 use crate::jobs::{JobKind, JobRequest, JobSink};
+use crate::lifecycle::schedule::{push_owed_lifecycle_job, retry_failed_lifecycle};
 use crate::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, retry_failed_migration, start_run};
 use crate::migration_set::MigrationSet;
 use crate::operator::{record_event, retry_failed};
@@ -16,8 +17,9 @@ use crate::state::TenantState;
 /// Which failures a retry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryTarget<'a> {
-    /// One tenant: its failed provisioning, or (ready) its schema's failed
-    /// migration in its latest run. Neither is an error naming its state.
+    /// One tenant: its failed provisioning, its failed deletion or restore,
+    /// or (ready) its schema's failed migration in its latest run. None of
+    /// them is an error naming its state.
     Tenant(&'a str),
     /// Every failed tenant and every failed schema migration.
     AllFailed,
@@ -44,12 +46,15 @@ pub struct Requeued {
     pub tenants: Vec<RequeuedTenant>,
     /// Schemas whose failed migration is pending again, with their run.
     pub migrations: Vec<(String, i64)>,
+    /// Tenants whose deletion or restore resumes, with its job and the
+    /// job's id.
+    pub lifecycle: Vec<(String, JobKind, Option<String>)>,
 }
 
 impl Requeued {
     /// Tenants and schema migrations re-queued.
     pub fn len(&self) -> usize {
-        self.tenants.len() + self.migrations.len()
+        self.tenants.len() + self.migrations.len() + self.lifecycle.len()
     }
 
     /// Whether nothing was re-queued.
@@ -71,6 +76,7 @@ pub async fn retry_and_requeue<S: JobSink>(
 ) -> Result<Requeued, ProvisionError> {
     let mut moved = Vec::new();
     let mut migrations = Vec::new();
+    let mut lifecycle = Vec::new();
     match target {
         RetryTarget::Tenant(schema) => {
             let not_failed = match retry_failed(pool, Some(schema), actor).await {
@@ -84,13 +90,15 @@ pub async fn retry_and_requeue<S: JobSink>(
                 Err(e) => return Err(e),
             };
             migrations = retry_migrations(pool, Some(schema), actor).await?;
-            if let (Some(e), true) = (not_failed, migrations.is_empty()) {
+            lifecycle = retry_failed_lifecycle(pool, Some(schema), actor).await?;
+            if let (Some(e), true) = (not_failed, migrations.is_empty() && lifecycle.is_empty()) {
                 return Err(e);
             }
         }
         RetryTarget::AllFailed => {
             moved = retry_failed(pool, None, actor).await?;
             migrations = retry_migrations(pool, None, actor).await?;
+            lifecycle = retry_failed_lifecycle(pool, None, actor).await?;
         }
         RetryTarget::Tenants(schemas) => {
             for schema in schemas {
@@ -115,7 +123,16 @@ pub async fn retry_and_requeue<S: JobSink>(
             job_id,
         });
     }
-    Ok(Requeued { tenants, migrations })
+    let mut lifecycle_jobs = Vec::with_capacity(lifecycle.len());
+    for (schema_name, kind) in lifecycle {
+        let job_id = push_owed_lifecycle_job(pool, sink, &schema_name, kind, None).await?;
+        lifecycle_jobs.push((schema_name, kind, job_id));
+    }
+    Ok(Requeued {
+        tenants,
+        migrations,
+        lifecycle: lifecycle_jobs,
+    })
 }
 
 /// Sends failed schema migrations back to pending and records each in its

@@ -35,6 +35,16 @@ impl RetryPolicy {
         }
     }
 
+    /// The error recorded for a unit of work that used up its attempts
+    /// without ending (its worker crashed each time, say).
+    pub fn gave_up(&self, last_error: Option<&str>) -> String {
+        format!(
+            "gave up after {} attempts; last error: {}",
+            self.max_attempts,
+            last_error.unwrap_or("none recorded (the worker may have crashed)")
+        )
+    }
+
     /// Whether an attempt numbered `attempt` is past the last one allowed
     /// (the one before it crashed without recording its end).
     pub fn exhausted(&self, attempt: i32) -> bool {

@@ -53,6 +53,26 @@ impl Ident {
         })
     }
 
+    /// A table or column as the catalog names it, made by Django: lower-case
+    /// letters, digits and `_`, starting with a letter or `_`.
+    pub fn catalog_name(name: &str) -> Result<Self, InvalidInput> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(InvalidInput {
+                field: "column",
+                rule: format!("{name:?} is not a column name of lower-case letters, digits and _"),
+            });
+        }
+        Ok(Self {
+            name: name.to_owned(),
+        })
+    }
+
     /// A database, as the operator named it in `DATABASE_URL`: 1 to 63
     /// bytes, no NUL.
     pub fn database(name: &str) -> Result<Self, InvalidInput> {

@@ -8,9 +8,10 @@ use sqlx::PgPool;
 
 use crate::error::ProvisionError;
 use crate::ledger::{Ledger, read_ledger};
+use crate::lifecycle::{LifecycleDetail, lifecycle_detail};
 use crate::migration_set::MigrationSet;
 use crate::sql::{Ident, Marker, Script};
-use crate::state::TenantState;
+use crate::tenant_search::TenantFilter;
 
 /// The state shown for a tenant that exists in `tenants_client` but was not
 /// provisioned by this project (the public tenant, or one made by hand).
@@ -62,6 +63,8 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
     /// Who: a worker's name or an operator.
     pub actor: String,
+    /// For a lifecycle event: the lifecycle row's state after it.
+    pub lifecycle_state: Option<String>,
 }
 
 /// Everything `provision status` shows.
@@ -78,8 +81,13 @@ pub struct TenantStatus {
     /// for the public tenant.
     pub made_by: String,
     /// Whether its `tenants_client` row is gone (the platform deleted the
-    /// tenant); its history is kept.
+    /// tenant, or this project did); its history is kept.
     pub gone: bool,
+    /// Where it stands: see [`crate::lifecycle::Lifecycle`].
+    pub lifecycle: String,
+    /// Its lifecycle row: why and by whom it was suspended, when its
+    /// deletion is due, its backup (`None`: never suspended or deleted).
+    pub lifecycle_detail: Option<LifecycleDetail>,
     /// Whether its schema exists.
     pub schema_exists: bool,
     /// The step that failed, while failed.
@@ -131,6 +139,7 @@ struct StatusRow {
     demo_data: Option<String>,
     job_id: Option<String>,
     in_client: bool,
+    lifecycle: String,
     has_tables: bool,
 }
 
@@ -144,17 +153,21 @@ pub async fn tenant_status(
     today: NaiveDate,
 ) -> Result<TenantStatus, ProvisionError> {
     let row: Option<StatusRow> = sqlx::query_as(
-        "SELECT coalesce(p.schema_name, c.schema_name) AS schema_name,
-                coalesce(c.name, p.tenant_name) AS name,
+        "SELECT k.schema_name,
+                coalesce(c.name, p.tenant_name, l.tenant_name) AS name,
                 p.state, p.failed_step, p.last_error, p.attempt,
                 c.is_active, c.on_trial, c.paid_until,
                 c.created_on, p.demo_data_state AS demo_data, p.job_id,
                 c.schema_name IS NOT NULL AS in_client,
+                public.provision_lifecycle_of(p.state, l.state, l.failed_step,
+                                              c.schema_name IS NOT NULL, c.is_active) AS lifecycle,
                 to_regclass(quote_ident($1) || '.users_customuser') IS NOT NULL
                     AND to_regclass(quote_ident($1) || '.buildings_building') IS NOT NULL AS has_tables
-         FROM public.provision_tenant p
-         FULL JOIN public.tenants_client c ON c.schema_name = p.schema_name
-         WHERE p.schema_name = $1 OR c.schema_name = $1",
+         FROM (SELECT $1::text AS schema_name) AS k
+         LEFT JOIN public.provision_tenant p ON p.schema_name = k.schema_name
+         LEFT JOIN public.tenants_client c ON c.schema_name = k.schema_name
+         LEFT JOIN public.provision_lifecycle l ON l.schema_name = k.schema_name
+         WHERE p.schema_name IS NOT NULL OR c.schema_name IS NOT NULL OR l.schema_name IS NOT NULL",
     )
     .bind(schema_name)
     .fetch_optional(pool)
@@ -204,6 +217,8 @@ pub async fn tenant_status(
         state: row.state.unwrap_or_else(|| EXTERNAL_STATE.to_owned()),
         made_by: made_by.to_owned(),
         gone: !row.in_client,
+        lifecycle: row.lifecycle,
+        lifecycle_detail: lifecycle_detail(pool, schema_name).await?,
         schema_exists: public || schema_exists(pool, schema_name).await?,
         failed_step: row.failed_step,
         last_error: row.last_error,
@@ -250,7 +265,7 @@ pub async fn tenant_history(
     after_id: i64,
 ) -> Result<Vec<HistoryEntry>, ProvisionError> {
     let entries = sqlx::query_as(
-        "SELECT id, to_state AS state, from_state, step, at, attempt, error, detail, actor
+        "SELECT id, to_state AS state, from_state, step, at, attempt, error, detail, actor, lifecycle_state
          FROM public.provision_event WHERE schema_name = $1 AND id > $2 ORDER BY id",
     )
     .bind(schema_name)
@@ -269,31 +284,18 @@ pub struct TenantListEntry {
     pub name: String,
     /// The provisioning state (or `external`).
     pub state: String,
+    /// Where it stands: see [`crate::lifecycle::Lifecycle`].
+    pub lifecycle: String,
     /// The primary domain, if any.
     pub primary_domain: Option<String>,
-    /// When its provisioning last changed (or its creation day).
+    /// When its provisioning or lifecycle last changed (or its creation day).
     pub updated_at: DateTime<Utc>,
 }
 
-/// Every tenant, newest first, optionally only those in `state`.
+/// Every tenant that passes `filter`, newest first.
 pub async fn list_tenants(
     pool: &PgPool,
-    state: Option<TenantState>,
+    filter: &TenantFilter,
 ) -> Result<Vec<TenantListEntry>, ProvisionError> {
-    let rows = sqlx::query_as(
-        "SELECT coalesce(p.schema_name, c.schema_name) AS schema_name,
-                coalesce(c.name, p.tenant_name) AS name,
-                coalesce(p.state, 'external') AS state,
-                (SELECT d.domain FROM public.tenants_domain d
-                  WHERE d.tenant_id = c.id AND d.is_primary) AS primary_domain,
-                coalesce(p.updated_at, c.created_on::timestamptz) AS updated_at
-         FROM public.provision_tenant p
-         FULL JOIN public.tenants_client c ON c.schema_name = p.schema_name
-         WHERE $1::text IS NULL OR p.state = $1
-         ORDER BY coalesce(p.created_at, c.created_on::timestamptz) DESC, 1",
-    )
-    .bind(state.map(TenantState::as_str))
-    .fetch_all(pool)
-    .await?;
-    Ok(rows)
+    crate::tenant_search::list_matching(pool, filter).await
 }

@@ -10,102 +10,20 @@
 //! breaker: a total order, so consecutive pages neither repeat nor skip a
 //! row while nothing changes.
 
-use std::fmt;
-use std::str::FromStr;
-
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::error::{InvalidInput, ProvisionError};
+pub use crate::lifecycle::Lifecycle;
 use crate::state::TenantState;
-use crate::status::EXTERNAL_STATE;
+use crate::status::{EXTERNAL_STATE, TenantListEntry};
 
 /// Rows of one page at most.
 pub const MAX_PER_PAGE: u32 = 200;
 
 /// The longest search text accepted, in characters.
 pub const MAX_SEARCH_CHARS: usize = 200;
-
-/// Where a tenant stands as the platform sees it, beside its provisioning
-/// state. `provisioning`, `failed` and `active` are the lifecycle of the
-/// `provision_tenant_status` view; `inactive` and `gone` tell apart the
-/// tenants whose `tenants_client` row the platform switched off or deleted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Lifecycle {
-    /// Being provisioned (a state before `ready`).
-    Provisioning,
-    /// Provisioning failed; waits for a retry.
-    Failed,
-    /// Ready (or made outside this project) and active in `tenants_client`.
-    Active,
-    /// Ready (or made outside) but `tenants_client.is_active` is false.
-    Inactive,
-    /// Provisioned here once, its `tenants_client` row since deleted.
-    Gone,
-}
-
-impl Lifecycle {
-    /// Every lifecycle, in the order the dashboard shows them.
-    pub const ALL: [Lifecycle; 5] = [
-        Self::Provisioning,
-        Self::Failed,
-        Self::Active,
-        Self::Inactive,
-        Self::Gone,
-    ];
-
-    /// The name the queries and the dashboard's links use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Provisioning => "provisioning",
-            Self::Failed => "failed",
-            Self::Active => "active",
-            Self::Inactive => "inactive",
-            Self::Gone => "gone",
-        }
-    }
-}
-
-impl Lifecycle {
-    /// The lifecycle of one tenant: the rule of the list's query, for a
-    /// tenant read on its own. `state` is its provisioning state (or
-    /// `external`), `is_active` its `tenants_client.is_active` (`None`
-    /// without a row).
-    pub fn of(state: &str, is_active: Option<bool>) -> Self {
-        match (state, is_active) {
-            ("failed", _) => Self::Failed,
-            (s, _) if s != "ready" && s != EXTERNAL_STATE => Self::Provisioning,
-            (_, None) => Self::Gone,
-            (_, Some(true)) => Self::Active,
-            (_, Some(false)) => Self::Inactive,
-        }
-    }
-}
-
-impl fmt::Display for Lifecycle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Lifecycle {
-    type Err = InvalidInput;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|l| l.as_str() == s)
-            .ok_or_else(|| InvalidInput {
-                field: "lifecycle",
-                rule: format!(
-                    "{s:?} is not a lifecycle; one of {}",
-                    Self::ALL.map(Lifecycle::as_str).join(", ")
-                ),
-            })
-    }
-}
 
 /// The states a listed tenant can be in: the provisioning states and
 /// `external`, in the order the dashboard shows them.
@@ -168,6 +86,22 @@ impl TenantFilter {
             search,
             state,
             lifecycle,
+        })
+    }
+
+    /// A filter on one name that is a provisioning state or a lifecycle
+    /// (`provision list --state`): `failed` is both, and means the same.
+    pub fn state_or_lifecycle(name: &str) -> Result<Self, InvalidInput> {
+        if name.parse::<Lifecycle>().is_ok() {
+            return Self::parse(None, None, Some(name));
+        }
+        Self::parse(None, Some(name), None).map_err(|_| InvalidInput {
+            field: "state",
+            rule: format!(
+                "{name:?} is neither a state ({}) nor a lifecycle ({})",
+                listed_states().join(", "),
+                Lifecycle::ALL.map(Lifecycle::as_str).join(", ")
+            ),
         })
     }
 
@@ -321,21 +255,23 @@ impl TenantPage {
 macro_rules! listed {
     () => {
         "WITH listed AS (
-             SELECT coalesce(p.schema_name, c.schema_name) AS schema_name,
-                    coalesce(c.name, p.tenant_name) AS name,
+             SELECT k.schema_name,
+                    coalesce(c.name, p.tenant_name, l.tenant_name) AS name,
                     coalesce(p.state, 'external') AS state,
-                    CASE WHEN p.state = 'failed' THEN 'failed'
-                         WHEN p.state IS NOT NULL AND p.state <> 'ready' THEN 'provisioning'
-                         WHEN c.schema_name IS NULL THEN 'gone'
-                         WHEN c.is_active THEN 'active'
-                         ELSE 'inactive' END AS lifecycle,
+                    public.provision_lifecycle_of(p.state, l.state, l.failed_step,
+                                                  c.schema_name IS NOT NULL, c.is_active) AS lifecycle,
                     c.id::bigint AS client_id,
                     CASE WHEN c.schema_name IS NULL THEN p.domain END AS requested_domain,
-                    p.failed_step, p.last_error,
-                    coalesce(p.updated_at, c.created_on::timestamptz) AS updated_at,
-                    coalesce(p.created_at, c.created_on::timestamptz) AS created_at
-             FROM public.provision_tenant p
-             FULL JOIN public.tenants_client c ON c.schema_name = p.schema_name),
+                    coalesce(p.failed_step, l.failed_step) AS failed_step,
+                    coalesce(p.last_error, l.last_error) AS last_error,
+                    greatest(p.updated_at, l.updated_at, c.created_on::timestamptz) AS updated_at,
+                    coalesce(p.created_at, c.created_on::timestamptz, l.changed_at) AS created_at
+             FROM (SELECT schema_name FROM public.provision_tenant
+                   UNION SELECT schema_name FROM public.tenants_client
+                   UNION SELECT schema_name FROM public.provision_lifecycle) AS k
+             LEFT JOIN public.provision_tenant p ON p.schema_name = k.schema_name
+             LEFT JOIN public.tenants_client c ON c.schema_name = k.schema_name
+             LEFT JOIN public.provision_lifecycle l ON l.schema_name = k.schema_name),
          searched AS (
              SELECT * FROM listed t
              WHERE $1::text IS NULL
@@ -371,6 +307,31 @@ const FAILED_SQL: &str = concat!(
      WHERE state = 'failed' AND ($2::text IS NULL OR lifecycle = $2)
      ORDER BY created_at DESC, schema_name"
 );
+
+const LIST_SQL: &str = concat!(
+    listed!(),
+    "SELECT schema_name, name, state, lifecycle,
+            (SELECT d.domain FROM public.tenants_domain d
+              WHERE d.tenant_id = searched.client_id AND d.is_primary
+              ORDER BY d.domain LIMIT 1) AS primary_domain,
+            updated_at
+     FROM searched
+     WHERE ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR lifecycle = $3)
+     ORDER BY created_at DESC, schema_name"
+);
+
+/// Every tenant that passes `filter`, newest first: `provision list`.
+pub async fn list_matching(
+    pool: &PgPool,
+    filter: &TenantFilter,
+) -> Result<Vec<TenantListEntry>, ProvisionError> {
+    Ok(sqlx::query_as(LIST_SQL)
+        .bind(filter.pattern())
+        .bind(filter.state)
+        .bind(filter.lifecycle.map(Lifecycle::as_str))
+        .fetch_all(pool)
+        .await?)
+}
 
 /// The counts by state and lifecycle of the tenants `filter`'s search
 /// leaves (its state and lifecycle are not applied: the counts are what
@@ -467,21 +428,6 @@ mod tests {
             TenantFilter::parse(Some("a\u{7}"), None, None).unwrap_err().field,
             "search"
         );
-    }
-
-    #[test]
-    fn one_tenants_lifecycle_follows_the_lists_rule() {
-        assert_eq!(Lifecycle::of("failed", Some(false)), Lifecycle::Failed);
-        assert_eq!(Lifecycle::of("failed", None), Lifecycle::Failed);
-        assert_eq!(
-            Lifecycle::of("schema_created", Some(false)),
-            Lifecycle::Provisioning
-        );
-        assert_eq!(Lifecycle::of("requested", None), Lifecycle::Provisioning);
-        assert_eq!(Lifecycle::of("ready", Some(true)), Lifecycle::Active);
-        assert_eq!(Lifecycle::of("ready", Some(false)), Lifecycle::Inactive);
-        assert_eq!(Lifecycle::of("ready", None), Lifecycle::Gone);
-        assert_eq!(Lifecycle::of("external", Some(true)), Lifecycle::Active);
     }
 
     #[test]

@@ -158,6 +158,26 @@ pub fn tenant_name(value: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// Why a tenant is suspended or deleted: 1 to 500 characters of any
+/// language, without control characters.
+pub fn reason(value: &str) -> Result<(), InvalidInput> {
+    const FIELD: &str = "reason";
+    let count = value.chars().count();
+    if value.trim().is_empty() {
+        return Err(invalid(FIELD, "must not be empty when given"));
+    }
+    if count > 500 {
+        return Err(invalid(
+            FIELD,
+            format!("must be at most 500 characters (got {count})"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(FIELD, "must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// Days of trial: 0 (no trial) to 3650.
 pub fn trial_days(value: i32) -> Result<(), InvalidInput> {
     if (0..=TRIAL_DAYS_MAX).contains(&value) {

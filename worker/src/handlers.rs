@@ -13,8 +13,13 @@ use provision_queue::RedisQueue;
 use provision_shared::create_tenant::{JobEnv, JobOutcome, run_create_tenant};
 use provision_shared::demo_data::{SeedOutcome, run_seed_demo_data};
 use provision_shared::jobs::{
-    CreateTenant, JobKind, JobRequest, JobSink, MigrateSchema, Payload, SeedDemoData,
+    CreateTenant, DeleteTenant, JobKind, JobRequest, JobSink, MigrateSchema, Payload, RestoreTenant,
+    SeedDemoData,
 };
+use provision_shared::lifecycle::archive::PgTarget;
+use provision_shared::lifecycle::delete_tenant::run_delete_tenant;
+use provision_shared::lifecycle::restore_tenant::run_restore_tenant;
+use provision_shared::lifecycle::{LifecycleEnv, LifecycleOutcome};
 use provision_shared::migrate_all::{SchemaOutcome, migrate_run_schemas};
 use provision_shared::migration_set::SetInForce;
 use provision_shared::operator::record_rejected_job;
@@ -46,6 +51,13 @@ pub struct WorkerState {
     pub policy: RetryPolicy,
     /// Job counters and step timings.
     pub metrics: Arc<Metrics>,
+    /// `PROVISION_BACKUP_DIR`, where deletions write their backups.
+    pub backup_dir: Option<std::path::PathBuf>,
+    /// Where `pg_dump` and `pg_restore` connect.
+    pub pg_target: PgTarget,
+    /// `PROVISION_SUSPEND_EXPIRED_AFTER`: the nightly pass suspends tenants
+    /// whose `paid_until` passed this many days ago (`None`: never).
+    pub suspend_expired_after: Option<u32>,
 }
 
 /// One PostgreSQL pool per job kind, each of its kind's concurrency plus
@@ -60,12 +72,18 @@ pub struct WorkerState {
 /// the catalog invalidations of all the DDL the others ran, and its caches
 /// start cold. With small pools per kind, the connections in turn are few,
 /// and one kind's jobs cannot take the connections another kind needs.
+/// The two lifecycle kinds share one small pool: their jobs are few, and
+/// spend most of their time in `pg_dump` and `pg_restore`.
 #[derive(Debug)]
 pub struct JobPools {
     create_tenant: PgPool,
     seed_demo_data: PgPool,
     migrate_schema: PgPool,
+    lifecycle: PgPool,
 }
+
+/// Lifecycle jobs run at once, per kind, at most.
+pub const LIFECYCLE_CONCURRENCY: usize = 2;
 
 impl JobPools {
     /// Opens the three pools on `url` for `concurrency` jobs of each kind.
@@ -75,6 +93,7 @@ impl JobPools {
             create_tenant: provision_shared::db::connect(url, size).await?,
             seed_demo_data: provision_shared::db::connect(url, size).await?,
             migrate_schema: provision_shared::db::connect(url, size).await?,
+            lifecycle: provision_shared::db::connect(url, 2 * LIFECYCLE_CONCURRENCY as u32 + 1).await?,
         })
     }
 
@@ -84,6 +103,7 @@ impl JobPools {
             JobKind::CreateTenant => &self.create_tenant,
             JobKind::SeedDemoData => &self.seed_demo_data,
             JobKind::MigrateSchema => &self.migrate_schema,
+            JobKind::DeleteTenant | JobKind::RestoreTenant => &self.lifecycle,
         }
     }
 
@@ -92,7 +112,8 @@ impl JobPools {
         futures::join!(
             self.create_tenant.close(),
             self.seed_demo_data.close(),
-            self.migrate_schema.close()
+            self.migrate_schema.close(),
+            self.lifecycle.close()
         );
     }
 }
@@ -377,6 +398,82 @@ pub async fn migrate_schema_job(
             }
         }
         Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// `DeleteTenant`.
+pub async fn delete_tenant(
+    args: Value,
+    state: State,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    lifecycle_job::<DeleteTenant>(JobKind::DeleteTenant, args, state, id, attempt).await
+}
+
+/// `RestoreTenant`.
+pub async fn restore_tenant(
+    args: Value,
+    state: State,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    lifecycle_job::<RestoreTenant>(JobKind::RestoreTenant, args, state, id, attempt).await
+}
+
+/// The two lifecycle jobs: one payload shape, one way of ending.
+async fn lifecycle_job<T: DeserializeOwned + Payload>(
+    kind: JobKind,
+    args: Value,
+    state: State,
+    id: TaskId,
+    attempt: Attempt,
+) -> Result<(), BoxDynError> {
+    state.metrics.job(kind, JobResult::Started);
+    let Some(job) = parse::<T>(&state, kind, &id, args).await? else {
+        state.metrics.job(kind, JobResult::Failed);
+        return Ok(());
+    };
+    let schema_name = job.schema_names()[0].to_owned();
+    let span = tracing::info_span!(
+        "job",
+        job = kind.name(),
+        job_id = %id,
+        schema_name = %schema_name,
+        delivery = attempt.current()
+    );
+    async {
+        let env = LifecycleEnv {
+            pool: state.job_pools.get(kind),
+            sink: &state.queue,
+            actor: &state.name,
+            policy: state.policy,
+            backup_dir: state.backup_dir.as_deref(),
+            target: &state.pg_target,
+        };
+        let result = match kind {
+            JobKind::RestoreTenant => run_restore_tenant(&env, &schema_name).await,
+            _ => run_delete_tenant(&env, &schema_name).await,
+        };
+        let counted = match &result {
+            Ok(LifecycleOutcome::Finished(s)) if s == "failed" => JobResult::Failed,
+            Ok(LifecycleOutcome::RetryScheduled { .. }) => JobResult::Retried,
+            other => counted(other),
+        };
+        state.metrics.job(kind, counted);
+        match result {
+            Ok(LifecycleOutcome::Finished(final_state)) => {
+                tracing::info!(state = %final_state, "job finished");
+                Ok(())
+            }
+            Ok(outcome) => {
+                tracing::info!(?outcome, "job ended");
+                Ok(())
+            }
+            Err(e) => escape(&state, e, attempt.current(), JobRequest::now(kind, &schema_name)).await,
+        }
     }
     .instrument(span)
     .await

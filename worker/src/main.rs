@@ -10,8 +10,9 @@ use provision_worker::metrics::{Metrics, StepTimings};
 use provision_worker::run::{WorkerSettings, run_worker, shutdown_signal};
 use provision_worker::schedule::parse_schedule;
 
-/// The worker pool: runs CreateTenant, SeedDemoData and MigrateSchema jobs
-/// from Redis, recording every tenant's provisioning in PostgreSQL.
+/// The worker pool: runs CreateTenant, SeedDemoData, MigrateSchema,
+/// DeleteTenant and RestoreTenant jobs from Redis, recording every
+/// tenant's provisioning and lifecycle in PostgreSQL.
 ///
 /// A missing database is created and pending public migrations are applied
 /// at start. Stops on SIGTERM or Ctrl-C, giving running jobs the shutdown
@@ -61,6 +62,16 @@ struct Cli {
     #[arg(long, env = "PROVISION_LISTEN_FOR_REQUESTS", default_value = "on", value_parser = ["on", "off"])]
     listen_for_requests: String,
 
+    /// Where deletions write their backups (`pg_dump`'s custom format); a
+    /// deletion with a backup fails at its first step while this is unset.
+    #[arg(long, env = "PROVISION_BACKUP_DIR", value_name = "DIR")]
+    backup_dir: Option<std::path::PathBuf>,
+
+    /// The nightly pass suspends tenants whose paid_until passed this many
+    /// days ago (off by default).
+    #[arg(long, env = "PROVISION_SUSPEND_EXPIRED_AFTER", value_name = "DAYS", value_parser = clap::value_parser!(u32).range(0..=3650))]
+    suspend_expired_after: Option<u32>,
+
     /// Executions of a step before its tenant is marked failed.
     #[arg(long, env = "PROVISION_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=100))]
     max_attempts: i32,
@@ -109,6 +120,8 @@ async fn main() -> ExitCode {
         namespace: cli.connection.namespace,
         concurrency: usize::from(cli.concurrency),
         heartbeat: cli.heartbeat_ms.map(Duration::from_millis),
+        backup_dir: cli.backup_dir,
+        suspend_expired_after: cli.suspend_expired_after,
         policy: provision_shared::retry::RetryPolicy {
             max_attempts: cli.max_attempts,
         },

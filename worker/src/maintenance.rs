@@ -3,7 +3,8 @@
 //!
 //! - every 0.2 s: hand migrate-all work to the queue, a bounded batch at a time;
 //! - every 5 s: push jobs PostgreSQL says are owed (never pushed because the
-//!   queue was full, or lost with Redis), as far as the queue has room;
+//!   queue was full, or lost with Redis; deletions whose grace period is
+//!   over), as far as the queue has room;
 //! - every 10 s: remove finished jobs from Redis.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use provision_shared::ProvisionError;
 use provision_shared::jobs::{JobKind, JobRequest, JobSink, MAX_QUEUE_DEPTH};
+use provision_shared::lifecycle::schedule::{lifecycle_jobs_owed, push_owed_lifecycle_job};
 use provision_shared::migrate_all::dispatch;
 use provision_shared::reconcile::{demo_data_to_requeue, tenants_to_requeue};
 use provision_shared::request::push_owed_job;
@@ -74,6 +76,14 @@ pub(crate) async fn requeue_owed(state: &WorkerState, stale_after: Duration) -> 
             .push(JobRequest::now(JobKind::SeedDemoData, &schema))
             .await?;
         tracing::info!(schema_name = %schema, "pushed an owed SeedDemoData job");
+    }
+    // Deletions come due (the grace period over) and lifecycle jobs lost.
+    for (schema, kind, noted) in lifecycle_jobs_owed(&state.pool, stale_after, 100).await? {
+        if let Some(job_id) =
+            push_owed_lifecycle_job(&state.pool, &state.queue, &schema, kind, noted.as_deref()).await?
+        {
+            tracing::info!(schema_name = %schema, job = kind.name(), job_id = %job_id, "pushed an owed lifecycle job");
+        }
     }
     Ok(())
 }

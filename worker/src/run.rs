@@ -14,6 +14,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use provision_shared::db;
 use provision_shared::jobs::JobKind;
+use provision_shared::lifecycle::archive::PgTarget;
 use provision_shared::migration_set::import::store_built_in_if_none;
 use provision_shared::migration_set::{MigrationSet, SetInForce};
 use provision_shared::public_schema::{prepare_public_schema, record_base_domain};
@@ -123,6 +124,20 @@ impl JobLoops {
                 .build(handlers::migrate_schema_job)
                 .run_until(stopped)
                 .boxed(),
+            Loop::Queue(kind @ JobKind::DeleteTenant) => WorkerBuilder::new(name)
+                .backend(woken_storage(queue, kind, self.heartbeat, &self.wakers))
+                .concurrency(self.concurrency.min(handlers::LIFECYCLE_CONCURRENCY))
+                .data(state)
+                .build(handlers::delete_tenant)
+                .run_until(stopped)
+                .boxed(),
+            Loop::Queue(kind @ JobKind::RestoreTenant) => WorkerBuilder::new(name)
+                .backend(woken_storage(queue, kind, self.heartbeat, &self.wakers))
+                .concurrency(self.concurrency.min(handlers::LIFECYCLE_CONCURRENCY))
+                .data(state)
+                .build(handlers::restore_tenant)
+                .run_until(stopped)
+                .boxed(),
             Loop::Cron => WorkerBuilder::new(name)
                 .backend(CronScheduler::new(
                     self.schedule.clone().expect("cron loop needs a schedule"),
@@ -170,6 +185,11 @@ pub struct WorkerSettings {
     pub base_domain: String,
     /// Counters and histograms (shared with the logging layer).
     pub metrics: Arc<Metrics>,
+    /// `PROVISION_BACKUP_DIR`: where deletions write their backups.
+    pub backup_dir: Option<std::path::PathBuf>,
+    /// `PROVISION_SUSPEND_EXPIRED_AFTER`: days after `paid_until` the
+    /// nightly pass suspends a tenant (`None`: off).
+    pub suspend_expired_after: Option<u32>,
 }
 
 /// A name no other process has: apalis tells workers apart by name when it
@@ -270,6 +290,9 @@ pub async fn run_worker(
         name: name.clone(),
         policy: settings.policy,
         metrics: settings.metrics.clone(),
+        backup_dir: settings.backup_dir.clone(),
+        pg_target: PgTarget::from_url(&settings.database_url),
+        suspend_expired_after: settings.suspend_expired_after,
     });
     if let Some(addr) = settings.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)

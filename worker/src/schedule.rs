@@ -1,6 +1,9 @@
-//! The nightly migrate-all: apalis-cron fires in every worker process, so a
-//! run's uniqueness per tick is a PostgreSQL constraint, not a hope. A tick
-//! missed while every worker was down is noticed at the next start.
+//! The nightly pass: the migrate-all run, and (when configured) the
+//! suspension of tenants whose `paid_until` is long past. apalis-cron fires
+//! in every worker process, so a run's uniqueness per tick is a PostgreSQL
+//! constraint, not a hope; a second suspension pass finds nothing left to
+//! suspend. A tick missed while every worker was down is noticed at the
+//! next start.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -89,7 +92,23 @@ pub async fn on_tick(tick: Tick, state: Data<Arc<WorkerState>>) -> Result<(), Bo
         .and_then(|secs| DateTime::from_timestamp(secs, 0))
         .ok_or("tick out of range")?;
     run_for_tick(&state, at).await?;
+    suspend_expired_tenants(&state).await?;
     Ok(())
+}
+
+/// `PROVISION_SUSPEND_EXPIRED_AFTER`: suspends the tenants whose
+/// `paid_until` passed that many days ago, recorded as by the system.
+pub async fn suspend_expired_tenants(state: &WorkerState) -> Result<Vec<String>, ProvisionError> {
+    let Some(days) = state.suspend_expired_after else {
+        return Ok(Vec::new());
+    };
+    let suspended =
+        provision_shared::lifecycle::suspend::suspend_expired(&state.pool, days, Utc::now().date_naive())
+            .await?;
+    if !suspended.is_empty() {
+        tracing::info!(tenants = ?suspended, days, "suspended tenants whose paid_until passed");
+    }
+    Ok(suspended)
 }
 
 #[cfg(test)]

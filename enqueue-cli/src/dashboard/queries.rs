@@ -131,9 +131,9 @@ async fn queue_figures(queue: &RedisQueue) -> Result<Vec<QueueFigures>, String> 
             depth: depth?,
         })
     });
-    let [a, b, c] = each;
-    let (a, b, c) = tokio::join!(a, b, c);
-    [a, b, c]
+    let [a, b, c, d, e] = each;
+    let (a, b, c, d, e) = tokio::join!(a, b, c, d, e);
+    [a, b, c, d, e]
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())

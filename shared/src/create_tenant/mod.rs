@@ -126,13 +126,7 @@ async fn drive_steps<S: JobSink>(
     let mut state: TenantState = row.state.parse().map_err(ProvisionError::WrongState)?;
     if env.policy.exhausted(row.attempt) {
         let (step, _) = state.next_step().expect("non-final state");
-        let error = format!(
-            "gave up after {} attempts; last error: {}",
-            env.policy.max_attempts,
-            row.last_error
-                .as_deref()
-                .unwrap_or("none recorded (the worker may have crashed)")
-        );
+        let error = env.policy.gave_up(row.last_error.as_deref());
         fail(lock.conn(), schema_name, state, step, &error, env.actor).await?;
         return Ok(JobOutcome::Finished(TenantState::Failed));
     }

@@ -92,14 +92,13 @@ fn yes_no(value: Option<bool>) -> &'static str {
 
 fn live_content(view: &TenantView, visitor: &Visitor) -> Markup {
     let s = &view.status;
-    let lifecycle = Lifecycle::of(&s.state, (!s.gone).then_some(s.is_active.unwrap_or(false)));
     html! {
         div.grid {
             section.card data-tenant=(s.schema_name) data-state=(s.state) {
                 h2 { "Provisioning" }
                 dl.facts {
                     dt { "state" } dd #tenant-state data-state=(s.state) { (badge(&s.state)) }
-                    dt { "lifecycle" } dd { (badge(lifecycle.as_str())) }
+                    dt { "lifecycle" } dd { (badge(&s.lifecycle)) }
                     dt { "made by" } dd { (s.made_by) }
                     @if let Some(step) = &s.failed_step {
                         dt { "failed at" } dd { (step) }
@@ -132,7 +131,7 @@ fn live_content(view: &TenantView, visitor: &Visitor) -> Markup {
                     @if s.gone {
                         dt { "tenants_client" }
                         dd {
-                            @if lifecycle == Lifecycle::Gone { "row deleted by the platform; history kept" }
+                            @if s.lifecycle == Lifecycle::Gone.as_str() { "row deleted by the platform; history kept" }
                             @else { "no row yet: not registered" }
                         }
                     }
