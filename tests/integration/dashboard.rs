@@ -325,7 +325,7 @@ struct Made {
 }
 
 /// Inserts `n` tenants named `<prefix>_<i>`, spread over every state and
-/// lifecycle: ready (active, inactive, gone), failed at register,
+/// lifecycle: ready (active, suspended, gone), failed at register,
 /// requested, schema_created, and tenants made by the platform (active and
 /// not). Every seventh is 'Νίκος …', every seventh but one 'Κτίριο Demo …'.
 /// Ready tenants get their history (for the charts); request times are a
@@ -336,13 +336,13 @@ async fn insert_tenants(env: &TestEnv, prefix: &str, n: usize) -> Vec<Made> {
         .map(|i| {
             let (state, lifecycle) = match i % 20 {
                 0..=11 => ("ready", "active"),
-                12 => ("ready", "inactive"),
+                12 => ("ready", "suspended"),
                 13 => ("ready", "gone"),
                 14 | 15 => ("failed", "failed"),
                 16 => ("requested", "provisioning"),
                 17 => ("schema_created", "provisioning"),
                 18 => ("external", "active"),
-                _ => ("external", "inactive"),
+                _ => ("external", "suspended"),
             };
             let name = match i % 7 {
                 0 => format!("Νίκος {i}"),
@@ -515,7 +515,7 @@ async fn pages_and_filters_over_2000_tenants_add_up_and_each_page_holds_the_righ
     }
     assert_eq!(by_state, total);
     let mut by_lifecycle = 0;
-    for lifecycle in ["provisioning", "failed", "active", "inactive", "gone"] {
+    for lifecycle in ["provisioning", "failed", "active", "suspended", "gone"] {
         let n = count_after(&overview.body, &format!("data-count-lifecycle=\"{lifecycle}\""));
         let want = made.iter().filter(|m| m.lifecycle == lifecycle).count() as i64;
         assert_eq!(n, want, "tenants {lifecycle}");
@@ -533,7 +533,7 @@ async fn pages_and_filters_over_2000_tenants_add_up_and_each_page_holds_the_righ
         assert_eq!(n as usize, want.len(), "the total of {state}");
         assert_eq!(rows, want, "the tenants in {state}");
     }
-    for lifecycle in ["active", "inactive", "gone", "provisioning"] {
+    for lifecycle in ["active", "suspended", "gone", "provisioning"] {
         let (rows, _) = every_page(&dashboard, &format!("lifecycle={lifecycle}"), 200).await;
         assert_eq!(
             rows,
@@ -541,10 +541,10 @@ async fn pages_and_filters_over_2000_tenants_add_up_and_each_page_holds_the_righ
             "lifecycle {lifecycle}"
         );
     }
-    let (rows, _) = every_page(&dashboard, "state=ready&lifecycle=inactive", 50).await;
+    let (rows, _) = every_page(&dashboard, "state=ready&lifecycle=suspended", 50).await;
     assert_eq!(
         rows,
-        expected(&made, |m| m.state == "ready" && m.lifecycle == "inactive")
+        expected(&made, |m| m.state == "ready" && m.lifecycle == "suspended")
     );
 
     // Search: a Greek name, a domain (registered or only requested), a

@@ -521,7 +521,17 @@ impl TestEnv {
             "provision_tenant",
             "provision_event",
             "provision_rejected_job",
+            "provision_lifecycle",
+            "provision_backup",
         ] {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass('public.' || $1) IS NOT NULL")
+                .bind(table)
+                .fetch_one(&self.pool)
+                .await
+                .expect("snapshot");
+            if !exists {
+                continue;
+            }
             let text: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT '{table}: ' || t::text FROM public.{table} t ORDER BY 1"
             )))

@@ -8,6 +8,7 @@ mod dashboard;
 mod every_tenant;
 mod helpers;
 mod input;
+mod lifecycle;
 mod migrations;
 mod observability;
 mod operators;
