@@ -15,7 +15,9 @@ mkdir -p "$state"
 if [ -f "$state/worker.pid" ] && kill -0 "$(cat "$state/worker.pid")" 2>/dev/null; then
   echo "A worker is already running (pid $(cat "$state/worker.pid"))."
 else
-  nohup "$bin/provision-worker" >"$state/worker.log" 2>&1 &
+  # Deletions (`provision delete-tenant`) write their backups here.
+  PROVISION_BACKUP_DIR=${PROVISION_BACKUP_DIR:-$PWD/$state/backups} \
+    nohup "$bin/provision-worker" >"$state/worker.log" 2>&1 &
   echo $! >"$state/worker.pid"
   echo "Started provision-worker (pid $!), logging to $state/worker.log."
 fi
