@@ -145,7 +145,8 @@ enum Command {
 
     /// The operator's web dashboard: tenants by state, each tenant's
     /// history and errors, the queues and the migrate-all run, live; and,
-    /// for operators, retry, fix-domain and migrate-all.
+    /// for operators, retry, fix-domain, migrate-all, suspend, resume and
+    /// scheduling or cancelling a deletion.
     ///
     /// On an address that is not loopback it refuses to start (exit 2)
     /// unless PROVISION_DASHBOARD_USERS names a users file: lines of

@@ -656,6 +656,25 @@ async fn sign_in_csrf_and_roles_refuse_what_they_should() {
     let csrf = attr_values(&page.body, "name=\"csrf\" value")[0].clone();
     let missing = dashboard.post("/tenants/au_00014/retry", &olga, &[]).await;
     assert_eq!(missing.status, 403, "{}", missing.body);
+    // The lifecycle actions are offered where the tenant's lifecycle
+    // allows them: active (au_00001), suspended (au_00012), and none for a
+    // failed tenant (au_00014).
+    for (schema, offered) in [
+        ("au_00001", &["suspend", "schedule-delete"][..]),
+        ("au_00012", &["resume", "schedule-delete"][..]),
+        ("au_00014", &[][..]),
+    ] {
+        let page = dashboard.get(&format!("/tenants/{schema}"), &olga).await;
+        for action in ["suspend", "resume", "schedule-delete", "cancel-delete"] {
+            assert_eq!(
+                page.body.contains(&format!("data-action=\"{action}\"")),
+                offered.contains(&action),
+                "{schema} and {action}"
+            );
+        }
+    }
+    let no_token = dashboard.post("/tenants/au_00001/suspend", &olga, &[]).await;
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
     let other = "0".repeat(csrf.len());
     let wrong_token = dashboard
         .post("/tenants/au_00014/retry", &olga, &[("csrf", &other)])
@@ -687,6 +706,8 @@ async fn sign_in_csrf_and_roles_refuse_what_they_should() {
         "/",
         "/tenants?state=failed",
         "/tenants/au_00015",
+        "/tenants/au_00001",
+        "/tenants/au_00012",
         "/retry-failed?state=failed",
     ] {
         let page = dashboard.get(path, &vera).await;
@@ -711,11 +732,36 @@ async fn sign_in_csrf_and_roles_refuse_what_they_should() {
             "/retry-failed",
             vec![("csrf", vera_csrf.as_str()), ("state", "failed")],
         ),
+        (
+            "/tenants/au_00001/suspend",
+            vec![("csrf", vera_csrf.as_str()), ("reason", "vera was here")],
+        ),
+        ("/tenants/au_00012/resume", vec![("csrf", vera_csrf.as_str())]),
+        (
+            "/tenants/au_00001/delete",
+            vec![
+                ("csrf", vera_csrf.as_str()),
+                ("confirm", "au_00001"),
+                ("grace", "0"),
+            ],
+        ),
+        (
+            "/tenants/au_00001/cancel-delete",
+            vec![("csrf", vera_csrf.as_str())],
+        ),
     ] {
         let forged = dashboard.post(path, &vera, &form).await;
         assert_eq!(forged.status, 403, "a viewer's POST to {path}: {}", forged.body);
     }
     assert_eq!(state_of(&env, "au_00015").await, "failed");
+    let lifecycle_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM provision_lifecycle")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        lifecycle_rows, 0,
+        "the viewer suspended, resumed or deleted something"
+    );
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM provision_migration_run")
         .fetch_one(&env.pool)
         .await
@@ -785,6 +831,49 @@ async fn sign_in_csrf_and_roles_refuse_what_they_should() {
         list.body.contains("Re-queued 2 failed tenant(s)."),
         "{}",
         list.body
+    );
+
+    // A deletion due now (grace 0, no backup) is scheduled and its job
+    // pushed at once; a grace that is not a number is refused, naming it.
+    let bad_grace = dashboard
+        .post(
+            "/tenants/au_00002/delete",
+            &olga,
+            &[("csrf", &csrf), ("confirm", "au_00002"), ("grace", "soon")],
+        )
+        .await;
+    assert_eq!(bad_grace.status, 303, "{}", bad_grace.body);
+    let refused = dashboard.get("/tenants/au_00002", &olga).await;
+    assert!(refused.body.contains("invalid grace"), "{}", refused.body);
+    let now = dashboard
+        .post(
+            "/tenants/au_00002/delete",
+            &olga,
+            &[
+                ("csrf", &csrf),
+                ("confirm", "au_00002"),
+                ("grace", "0"),
+                ("no_backup", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(now.status, 303, "{}", now.body);
+    let (state, with_backup, job_id, due_now): (String, Option<bool>, Option<String>, bool) = sqlx::query_as(
+        "SELECT state, with_backup, job_id, delete_after <= now() FROM provision_lifecycle WHERE schema_name = 'au_00002'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (state.as_str(), with_backup, due_now),
+        ("deletion_scheduled", Some(false), true)
+    );
+    let job_id = job_id.expect("the DeleteTenant job pushed");
+    let after = dashboard.get("/tenants/au_00002", &olga).await;
+    assert!(
+        after.body.contains(&format!("DeleteTenant job {job_id}")) && after.body.contains("WITHOUT a backup"),
+        "{}",
+        after.body
     );
 
     // Signed out, the session is gone.
@@ -923,6 +1012,191 @@ async fn off_loopback_it_refuses_to_start_without_users_and_on_loopback_it_only_
         (css.status, css.header("content-type")),
         (200, Some("text/css; charset=utf-8"))
     );
+}
+
+/// Where `schema` stands, as `provision status --json` shows it.
+fn status_json(env: &TestEnv, schema: &str) -> serde_json::Value {
+    let run = env.provision(&["status", "--schema-name", schema, "--json"]);
+    run.expect_code(0);
+    run.json()
+}
+
+/// Waits until the `provision_tenant_status` view puts `schema` in
+/// `lifecycle`.
+async fn wait_for_lifecycle(env: &TestEnv, schema: &str, lifecycle: &str) {
+    let started = Instant::now();
+    loop {
+        let now: Option<String> =
+            sqlx::query_scalar("SELECT lifecycle FROM provision_tenant_status WHERE schema_name = $1")
+                .bind(schema)
+                .fetch_optional(&env.pool)
+                .await
+                .expect("lifecycle");
+        if now.as_deref() == Some(lifecycle) {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "{schema} is {now:?}, not {lifecycle}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lifecycle actions the page offers, in its order.
+async fn lifecycle_offered(browser: &Browser) -> Vec<String> {
+    let offered = browser
+        .js("return Array.from(document.querySelectorAll('#lifecycle-actions [data-action]')).map(b => b.dataset.action);")
+        .await;
+    serde_json::from_value(offered).expect("a list of actions")
+}
+
+/// Waits for the page's banner of class `kind` (`ok`, `bad`) to say `text`.
+async fn wait_for_banner(browser: &Browser, kind: &str, text: &str) {
+    let literal = serde_json::to_string(text).expect("a JSON string");
+    browser
+        .wait_until(
+            &format!("the {kind} banner {text:?}"),
+            &format!(
+                "return Array.from(document.querySelectorAll('.banner.{kind}')).some(b => b.textContent.includes({literal}))"
+            ),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn in_a_browser_an_operator_suspends_resumes_schedules_and_cancels_a_deletion() {
+    let env = TestEnv::new("dashlifecycle").await;
+    let users = users_file(&env);
+    request_tenant(&env, "theo");
+    let _worker = env.start_worker(&[]).await;
+    env.wait_for_state("theo", "ready", WAIT).await;
+    let dashboard = Dashboard::start_with_users(&env, &users).await;
+    let browser = Browser::start(&env).await;
+    browser_sign_in(&browser, &dashboard, "olga", "olga-password").await;
+    browser.goto(&dashboard.url("/tenants/theo")).await;
+    browser
+        .wait_until(
+            "theo's lifecycle actions",
+            "return document.querySelector('#lifecycle-actions[data-lifecycle=\"active\"]') !== null",
+        )
+        .await;
+    assert_eq!(lifecycle_offered(&browser).await, ["suspend", "schedule-delete"]);
+
+    // Suspended, with a reason: not served, and status says why and by whom.
+    let reason = "invoice 2026-11 unpaid · Νίκος";
+    browser
+        .fill("form[data-form=\"suspend\"] input[name=reason]", reason)
+        .await;
+    browser.click("button[data-action=\"suspend\"]").await;
+    wait_for_banner(&browser, "ok", "Suspended theo").await;
+    wait_for_lifecycle(&env, "theo", "suspended").await;
+    let shown = status_json(&env, "theo");
+    assert_eq!(shown["lifecycle"], "suspended", "{shown}");
+    assert_eq!(shown["is_active"], false, "{shown}");
+    assert_eq!(shown["lifecycle_detail"]["reason"], reason, "{shown}");
+    assert_eq!(
+        shown["lifecycle_detail"]["changed_by"], "dashboard (olga)",
+        "{shown}"
+    );
+    assert_eq!(browser.text("[data-lifecycle-reason]").await, reason);
+    assert_eq!(lifecycle_offered(&browser).await, ["resume", "schedule-delete"]);
+
+    // Resumed: served again.
+    browser.click("button[data-action=\"resume\"]").await;
+    wait_for_banner(&browser, "ok", "theo is active again").await;
+    wait_for_lifecycle(&env, "theo", "active").await;
+    let shown = status_json(&env, "theo");
+    assert_eq!(shown["lifecycle"], "active", "{shown}");
+    assert_eq!(shown["is_active"], true, "{shown}");
+    assert_eq!(lifecycle_offered(&browser).await, ["suspend", "schedule-delete"]);
+
+    // A deletion whose confirmation is not the schema name: refused,
+    // naming the field, and nothing changed.
+    assert_eq!(
+        browser
+            .js("return document.querySelector('form[data-form=\"delete\"] input[name=grace]').value;")
+            .await,
+        serde_json::json!("7"),
+        "the default grace period"
+    );
+    browser
+        .fill("form[data-form=\"delete\"] input[name=confirm]", "thoe")
+        .await;
+    browser.click("button[data-action=\"schedule-delete\"]").await;
+    wait_for_banner(&browser, "bad", "invalid confirm").await;
+    let shown = status_json(&env, "theo");
+    assert_eq!(shown["lifecycle"], "active", "{shown}");
+    assert_eq!(shown["is_active"], true, "{shown}");
+    assert!(shown["lifecycle_detail"]["delete_after"].is_null(), "{shown}");
+    let scheduled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM provision_event WHERE schema_name = 'theo' AND step = 'schedule_deletion'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(scheduled, 0, "a refused deletion was recorded");
+    assert_eq!(lifecycle_offered(&browser).await, ["suspend", "schedule-delete"]);
+
+    // The right confirmation, the default grace: scheduled a week from
+    // now, with a backup, suspended meanwhile.
+    let asked = Utc::now();
+    browser
+        .fill("form[data-form=\"delete\"] input[name=confirm]", "theo")
+        .await;
+    browser.click("button[data-action=\"schedule-delete\"]").await;
+    wait_for_banner(&browser, "ok", "Scheduled the deletion of theo").await;
+    wait_for_lifecycle(&env, "theo", "deletion_scheduled").await;
+    let shown = status_json(&env, "theo");
+    assert_eq!(shown["lifecycle"], "deletion_scheduled", "{shown}");
+    assert_eq!(shown["is_active"], false, "{shown}");
+    assert_eq!(shown["lifecycle_detail"]["with_backup"], true, "{shown}");
+    let due: DateTime<Utc> = shown["lifecycle_detail"]["delete_after"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no due date: {shown}"));
+    let week = TimeDelta::days(7);
+    assert!(
+        due >= asked + week - TimeDelta::minutes(1) && due <= Utc::now() + week,
+        "due {due}, asked at {asked}"
+    );
+    assert_eq!(lifecycle_offered(&browser).await, ["cancel-delete"]);
+    let shown_due = browser
+        .js("return document.querySelector('#lifecycle-actions [data-delete-due]').dataset.deleteDue;")
+        .await;
+    let shown_due: DateTime<Utc> = shown_due
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no due date on the page: {shown_due}"));
+    assert_eq!(shown_due, due, "the due date the page shows");
+
+    // Cancelled: active again.
+    browser.click("button[data-action=\"cancel-delete\"]").await;
+    wait_for_banner(&browser, "ok", "The deletion of theo is cancelled").await;
+    wait_for_lifecycle(&env, "theo", "active").await;
+    let shown = status_json(&env, "theo");
+    assert_eq!(shown["lifecycle"], "active", "{shown}");
+    assert_eq!(shown["is_active"], true, "{shown}");
+    assert!(shown["lifecycle_detail"]["delete_after"].is_null(), "{shown}");
+    assert_eq!(lifecycle_offered(&browser).await, ["suspend", "schedule-delete"]);
+
+    // Each recorded in the history as done by her.
+    let actors: Vec<(String, String)> = sqlx::query_as(
+        "SELECT step, actor FROM provision_event
+         WHERE schema_name = 'theo' AND step IN ('suspend', 'resume', 'schedule_deletion', 'cancel_delete')
+         ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let olga = "dashboard (olga)".to_owned();
+    assert_eq!(
+        actors,
+        [
+            ("suspend".to_owned(), olga.clone()),
+            ("resume".to_owned(), olga.clone()),
+            ("schedule_deletion".to_owned(), olga.clone()),
+            ("cancel_delete".to_owned(), olga),
+        ]
+    );
+    browser.close().await;
 }
 
 async fn state_of(env: &TestEnv, schema: &str) -> String {
@@ -1301,7 +1575,14 @@ async fn in_a_browser_a_viewer_finds_no_action_and_her_forged_post_is_refused() 
     let browser = Browser::start(&env).await;
     browser_sign_in(&browser, &dashboard, "vera", "vera-password").await;
     let no_action = "return document.querySelectorAll('[data-action], form[method=post]:not([action=\"/logout\"])').length === 0";
-    for path in ["/", "/tenants?state=failed", "/tenants/vw_00014"] {
+    for path in [
+        "/",
+        "/tenants?state=failed",
+        // A ready, active tenant (an operator's page offers it the
+        // lifecycle actions), then a failed one, whose error is read below.
+        "/tenants/vw_00001",
+        "/tenants/vw_00014",
+    ] {
         browser.goto(&dashboard.url(path)).await;
         browser
             .wait_until("the page", "return document.readyState === 'complete'")

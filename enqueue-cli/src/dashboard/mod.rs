@@ -1,8 +1,9 @@
 //! `provision dashboard`: the operator's web dashboard over the PostgreSQL
 //! state machine, centred on tenants. Server-rendered pages (readable
 //! without JavaScript) with live regions, the actions of `provision retry`,
-//! `fix-domain` and `migrate --all`, users with roles from a file, and
-//! every asset served by the binary itself.
+//! `fix-domain`, `migrate --all`, `suspend`, `resume`, `delete-tenant` and
+//! `cancel-delete`, users with roles from a file, and every asset served by
+//! the binary itself.
 //!
 //! The parts: `server` (routes, headers, the server's life), `auth`
 //! (sessions, CSRF, who may act), `users` (the users file), `login`,

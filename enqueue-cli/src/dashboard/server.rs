@@ -46,9 +46,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/tenants/{schema}/retry", post(actions::retry_tenant))
         .route("/tenants/{schema}/domain", post(actions::fix_domain))
         .route("/migrate-all", post(actions::start_migrate_all))
-        // The lifecycle actions (suspend, resume, delete) come with their
-        // own issue: their POST routes go here, beside the others, each
-        // through `Visitor::authorize`.
+        .route("/tenants/{schema}/suspend", post(actions::suspend_tenant))
+        .route("/tenants/{schema}/resume", post(actions::resume_tenant))
+        .route(
+            "/tenants/{schema}/delete",
+            post(actions::schedule_tenant_deletion),
+        )
+        .route(
+            "/tenants/{schema}/cancel-delete",
+            post(actions::cancel_tenant_deletion),
+        )
         .route("/login", get(login::form).post(login::sign_in))
         .route("/logout", post(login::sign_out))
         .route("/assets/{name}", get(assets::serve))

@@ -1,7 +1,7 @@
 //! One tenant: everything `provision status` shows, its history as a
-//! timeline with every error in full, the migrations its schema has, and
-//! the actions that apply to it. The page redraws itself live, so a retry
-//! is seen through to `ready` without a reload.
+//! timeline with every error in full, the migrations its schema has, its
+//! lifecycle row, and the actions that apply to it. The page redraws itself
+//! live, so a retry is seen through to `ready` without a reload.
 
 use std::sync::Arc;
 
@@ -9,6 +9,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
+use provision_shared::lifecycle::LifecycleDetail;
+use provision_shared::lifecycle::schedule::{DEFAULT_GRACE_DAYS, MAX_GRACE_DAYS};
 use provision_shared::migration_set::MigrationSet;
 use provision_shared::status::{TenantStatus, tenant_status};
 use provision_shared::tenant_search::Lifecycle;
@@ -16,7 +18,7 @@ use provision_shared::validate;
 
 use crate::dashboard::auth::Visitor;
 use crate::dashboard::pages::{
-    PageError, Section, badge, csrf_field, html_response, layout, live_region, live_response, when,
+    PageError, Section, badge, count, csrf_field, html_response, layout, live_region, live_response, when,
 };
 use crate::dashboard::queries::failed_migration;
 use crate::dashboard::server::AppState;
@@ -56,7 +58,7 @@ pub(crate) async fn page(
     let body = html! {
         h1 { (view.status.name) " " span.sub.mono { (view.status.schema_name) } }
         (live_region("tenant-live", &format!("/tenants/{schema}/live"), LIVE_EVERY_MS, live_content(&view, &visitor)))
-        (lifecycle_actions())
+        (lifecycle_actions(&view, &visitor))
         p { a href="/tenants" { "← every tenant" } }
     };
     Ok(html_response(
@@ -75,11 +77,138 @@ pub(crate) async fn live(
     Ok(live_response(live_content(&view, &visitor)))
 }
 
-/// Where suspend, resume and delete go: they come with their own issue,
-/// which adds their forms here (each posting to its route in
-/// `server::router`, shown to operators only).
-fn lifecycle_actions() -> Markup {
-    html! {}
+/// The lifecycle actions that apply to the tenant, for an operator: an
+/// active tenant is suspended or its deletion scheduled, a suspended one
+/// resumed or its deletion scheduled, one whose deletion is scheduled has
+/// it cancelled; any other lifecycle (provisioning, failed, being deleted
+/// or restored, deleted, gone) has none here. Outside the live region: a
+/// redraw never takes what is being typed, and each action reloads the
+/// page with its outcome.
+fn lifecycle_actions(view: &TenantView, visitor: &Visitor) -> Markup {
+    let s = &view.status;
+    if !visitor.may_act() || s.made_by == "public" {
+        return html! {};
+    }
+    let action = |name: &str| format!("/tenants/{}/{name}", s.schema_name);
+    match s.lifecycle.parse::<Lifecycle>() {
+        Ok(lifecycle @ (Lifecycle::Active | Lifecycle::Suspended)) => html! {
+            section.card #lifecycle-actions data-lifecycle=(s.lifecycle) {
+                h2 { "Lifecycle" }
+                @if lifecycle == Lifecycle::Active {
+                    form.actions method="post" action=(action("suspend")) data-form="suspend" {
+                        (csrf_field(visitor))
+                        input type="text" name="reason" maxlength="500" aria-label="Why it is suspended"
+                            placeholder="reason (optional)";
+                        button.secondary type="submit" data-action="suspend" { "Suspend" }
+                    }
+                    p.muted { "Its domains stop being served (tenants_client.is_active off) until it is resumed." }
+                } @else {
+                    form.actions method="post" action=(action("resume")) data-form="resume" {
+                        (csrf_field(visitor))
+                        button type="submit" data-action="resume" { "Resume" }
+                    }
+                    p.muted { "Its domains are served again." }
+                }
+                h2 { "Delete" }
+                form.stacked method="post" action=(action("delete")) data-form="delete" {
+                    (csrf_field(visitor))
+                    label {
+                        span { "Type " code { (s.schema_name) } " to confirm" }
+                        input type="text" name="confirm" autocomplete="off" spellcheck="false" required;
+                    }
+                    label {
+                        span { "Grace period, days (0: now)" }
+                        input type="number" name="grace" min="0" max=(MAX_GRACE_DAYS)
+                            value=(DEFAULT_GRACE_DAYS) required;
+                    }
+                    label.check {
+                        input type="checkbox" name="no_backup" value="1";
+                        " No backup: drop the schema without one"
+                    }
+                    label {
+                        span { "Reason (optional)" }
+                        input type="text" name="reason" maxlength="500";
+                    }
+                    div.actions {
+                        button.danger type="submit" data-action="schedule-delete" { "Schedule deletion" }
+                    }
+                }
+                p.muted {
+                    "Suspends it now; after the grace period its schema is backed up (and the backup verified), "
+                    "then dropped and its rows deleted. Until then the deletion can be cancelled."
+                }
+            }
+        },
+        Ok(Lifecycle::DeletionScheduled) => {
+            let detail = s.lifecycle_detail.as_ref();
+            html! {
+                section.card #lifecycle-actions data-lifecycle=(s.lifecycle) {
+                    h2 { "Deletion scheduled" }
+                    p {
+                        "Due "
+                        @match detail.and_then(|d| d.delete_after) {
+                            Some(due) => strong data-delete-due=(due.to_rfc3339()) { (when(due)) },
+                            None => "—",
+                        }
+                        @match detail.and_then(|d| d.with_backup) {
+                            Some(false) => ", without a backup.",
+                            _ => ", with a backup.",
+                        }
+                    }
+                    form.actions method="post" action=(action("cancel-delete")) data-form="cancel-delete" {
+                        (csrf_field(visitor))
+                        button type="submit" data-action="cancel-delete" { "Cancel deletion" }
+                    }
+                    p.muted { "Nothing is dropped yet: cancelled, it is active again and served as before." }
+                }
+            }
+        }
+        _ => html! {},
+    }
+}
+
+/// What the tenant's lifecycle row says: why and by whom it was last
+/// changed, when its deletion is due, its backup.
+fn lifecycle_detail(lifecycle: &str, d: &LifecycleDetail) -> Markup {
+    html! {
+        section.card #lifecycle-detail data-lifecycle=(lifecycle) data-lifecycle-state=(d.state) {
+            h2 { "Lifecycle " (badge(lifecycle)) }
+            dl.facts {
+                @if d.state != lifecycle {
+                    dt { "step state" } dd { (d.state) }
+                }
+                dt { "reason" }
+                dd data-lifecycle-reason { (d.reason.as_deref().unwrap_or("—")) }
+                dt { "changed by" }
+                dd data-lifecycle-by=(d.changed_by) { (d.changed_by) span.when { " · " (when(d.changed_at)) } }
+                @if let Some(due) = d.delete_after {
+                    dt { "deletion due" } dd data-delete-after=(due.to_rfc3339()) { (when(due)) }
+                }
+                @if let Some(with_backup) = d.with_backup {
+                    dt { "with a backup" } dd data-with-backup=(with_backup) { @if with_backup { "yes" } @else { "no" } }
+                }
+                @if let Some(path) = &d.backup_path {
+                    dt { "backup" }
+                    dd.mono data-backup-path { (path) }
+                    @if let Some(bytes) = d.backup_bytes {
+                        dt { "backup size" } dd { (count(bytes)) " bytes" }
+                    }
+                    dt { "SHA-256" }
+                    dd.mono.break data-backup-sha256 { (d.backup_sha256.as_deref().unwrap_or("not verified yet")) }
+                }
+                @if let Some(at) = d.deleted_at {
+                    dt { "deleted at" } dd { (when(at)) }
+                }
+                @if let Some(step) = &d.failed_step {
+                    dt { "failed at" } dd { (step) }
+                }
+            }
+            @if let Some(error) = &d.last_error {
+                h2 { @if d.failed_step.is_some() { "Error" } @else { "Last error" } }
+                pre.error-text data-lifecycle-error { (error) }
+            }
+        }
+    }
 }
 
 fn yes_no(value: Option<bool>) -> &'static str {
@@ -150,6 +279,7 @@ fn live_content(view: &TenantView, visitor: &Visitor) -> Markup {
                 }
                 (domain_action(view, visitor))
             }
+            @if let Some(d) = &s.lifecycle_detail { (lifecycle_detail(&s.lifecycle, d)) }
             (migrations(view))
             section.card.wide {
                 h2 { "History" span.muted { " · oldest first" } }
