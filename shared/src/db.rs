@@ -46,18 +46,31 @@ pub fn redact_url(url: &str) -> String {
 /// runs a statement: a worker killed mid-script would otherwise leave its
 /// backend running the rest of the script, steps included.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, ProvisionError> {
+    Ok(pool_options(max_connections)
+        .connect_with(connect_options(url)?)
+        .await?)
+}
+
+/// [`connect`] without connecting until a connection is first asked for:
+/// for rare work, whose idle connection would otherwise sit there catching
+/// up on every other connection's catalog invalidations.
+pub fn connect_lazy(url: &str, max_connections: u32) -> Result<PgPool, ProvisionError> {
+    Ok(pool_options(max_connections).connect_lazy_with(connect_options(url)?))
+}
+
+fn connect_options(url: &str) -> Result<PgConnectOptions, ProvisionError> {
     let options: PgConnectOptions = url.parse()?;
-    let options = options
+    Ok(options
         .options([("client_connection_check_interval", "1000")])
-        .disable_statement_logging();
-    let pool = PgPoolOptions::new()
+        .disable_statement_logging())
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .max_lifetime(Duration::from_secs(60))
         .idle_timeout(Duration::from_secs(60))
-        .connect_with(options)
-        .await?;
-    Ok(pool)
 }
 
 /// Creates the database named in `url` if it does not exist, connecting to

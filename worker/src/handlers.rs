@@ -72,8 +72,9 @@ pub struct WorkerState {
 /// the catalog invalidations of all the DDL the others ran, and its caches
 /// start cold. With small pools per kind, the connections in turn are few,
 /// and one kind's jobs cannot take the connections another kind needs.
-/// The two lifecycle kinds share one small pool: their jobs are few, and
-/// spend most of their time in `pg_dump` and `pg_restore`.
+/// The two lifecycle kinds share one small pool, connected when their first
+/// job comes: their jobs are rare, and spend most of their time in
+/// `pg_dump` and `pg_restore`.
 #[derive(Debug)]
 pub struct JobPools {
     create_tenant: PgPool,
@@ -93,7 +94,7 @@ impl JobPools {
             create_tenant: provision_shared::db::connect(url, size).await?,
             seed_demo_data: provision_shared::db::connect(url, size).await?,
             migrate_schema: provision_shared::db::connect(url, size).await?,
-            lifecycle: provision_shared::db::connect(url, 2 * LIFECYCLE_CONCURRENCY as u32 + 1).await?,
+            lifecycle: provision_shared::db::connect_lazy(url, 2 * LIFECYCLE_CONCURRENCY as u32 + 1)?,
         })
     }
 
