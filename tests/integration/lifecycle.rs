@@ -464,7 +464,9 @@ async fn an_unwritable_backup_folder_fails_the_deletion_at_its_backup_step_and_r
 /// Without `--confirm`, or with another name, nothing happens (exit 2).
 /// Scheduled with a grace period, the tenant is suspended at once (the
 /// platform refuses it) and listed as such; `cancel-delete` makes it
-/// active and served again, and a second cancel is refused.
+/// active and served again, and a second cancel is refused. Once due, a
+/// running worker carries the deletion out by itself; confirmed with
+/// `--no-backup`, none is written.
 #[tokio::test]
 async fn delete_tenant_needs_its_confirmation_and_cancel_delete_takes_it_back() {
     let env = TestEnv::new_platform("lcconfirm").await;
@@ -525,6 +527,50 @@ async fn delete_tenant_needs_its_confirmation_and_cancel_delete_takes_it_back() 
     let again = env.provision(&["cancel-delete", "--schema-name", "theo"]);
     again.expect_code(1);
     assert!(again.stderr.contains("active"), "{}", again.stderr);
+
+    // Scheduled again, then come due (its date moved to the past, as
+    // seven days would): the running worker starts the deletion by itself.
+    env.provision(&[
+        "delete-tenant",
+        "--schema-name",
+        "theo",
+        "--confirm",
+        "theo",
+        "--grace",
+        "7",
+    ])
+    .expect_code(0);
+    sqlx::query("UPDATE provision_lifecycle SET delete_after = now() - interval '1 second' WHERE schema_name = 'theo'")
+        .execute(&env.pool)
+        .await
+        .expect("come due");
+    wait_for_lifecycle(&env, "theo", "deleted").await;
+    assert!(!schema_exists(&env, "theo").await);
+    assert_eq!(std::fs::read_dir(&backups).expect("backups").count(), 1);
+
+    // Confirmed without a backup: dropped with none written.
+    provision_tenant(&env, "nobackup", false);
+    let run = env.provision(&[
+        "delete-tenant",
+        "--schema-name",
+        "nobackup",
+        "--confirm",
+        "nobackup",
+        "--now",
+        "--no-backup",
+        "--wait",
+        "--json",
+    ]);
+    run.expect_code(0);
+    let done = run.json();
+    assert_eq!(done["lifecycle_state"], "deleted", "{done}");
+    assert!(done["backup"].is_null(), "{done}");
+    assert!(!schema_exists(&env, "nobackup").await);
+    assert_eq!(
+        std::fs::read_dir(&backups).expect("backups").count(),
+        1,
+        "a backup was written"
+    );
 }
 
 /// A restore onto a schema name or a domain that is taken now is refused,
