@@ -255,7 +255,7 @@ impl TenantPage {
 macro_rules! listed {
     () => {
         "WITH listed AS (
-             SELECT k.schema_name,
+             SELECT coalesce(p.schema_name, c.schema_name, l.schema_name) AS schema_name,
                     coalesce(c.name, p.tenant_name, l.tenant_name) AS name,
                     coalesce(p.state, 'external') AS state,
                     public.provision_lifecycle_of(p.state, l.state, l.failed_step,
@@ -266,12 +266,9 @@ macro_rules! listed {
                     coalesce(p.last_error, l.last_error) AS last_error,
                     greatest(p.updated_at, l.updated_at, c.created_on::timestamptz) AS updated_at,
                     coalesce(p.created_at, c.created_on::timestamptz, l.changed_at) AS created_at
-             FROM (SELECT schema_name FROM public.provision_tenant
-                   UNION SELECT schema_name FROM public.tenants_client
-                   UNION SELECT schema_name FROM public.provision_lifecycle) AS k
-             LEFT JOIN public.provision_tenant p ON p.schema_name = k.schema_name
-             LEFT JOIN public.tenants_client c ON c.schema_name = k.schema_name
-             LEFT JOIN public.provision_lifecycle l ON l.schema_name = k.schema_name),
+             FROM public.provision_tenant p
+             FULL JOIN public.tenants_client c ON c.schema_name = p.schema_name
+             FULL JOIN public.provision_lifecycle l ON l.schema_name = coalesce(p.schema_name, c.schema_name)),
          searched AS (
              SELECT * FROM listed t
              WHERE $1::text IS NULL
