@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use provision_queue::RedisQueue;
 use provision_shared::jobs::JobKind;
 use provision_shared::lifecycle::restore_tenant::request_restore;
 use provision_shared::lifecycle::schedule::{
@@ -187,9 +188,7 @@ pub(crate) async fn delete_tenant_command(ctx: &Ctx, args: DeleteTenantArgs) -> 
     .map_err(|e| ctx.error(e))?;
     // Due now: pushed here; due later: a worker pushes it when it is due.
     let job_id = if when == DeleteWhen::Now {
-        push_owed_lifecycle_job(&pool, &queue, schema, JobKind::DeleteTenant, None)
-            .await
-            .map_err(|e| ctx.error(e))?
+        push_recorded_job(ctx, &pool, &queue, schema, JobKind::DeleteTenant).await?
     } else {
         None
     };
@@ -267,9 +266,7 @@ pub(crate) async fn restore_tenant_command(ctx: &Ctx, args: RestoreTenantArgs) -
         .await
         .map_err(|e| ctx.error(e))?;
     let schema = backup.schema_name.as_str();
-    let job_id = push_owed_lifecycle_job(&pool, &queue, schema, JobKind::RestoreTenant, None)
-        .await
-        .map_err(|e| ctx.error(e))?;
+    let job_id = push_recorded_job(ctx, &pool, &queue, schema, JobKind::RestoreTenant).await?;
     if !args.json {
         println!(
             "Restoring {schema} from {} (sha256 {}){}",
@@ -298,6 +295,28 @@ pub(crate) async fn restore_tenant_command(ctx: &Ctx, args: RestoreTenantArgs) -
         }));
     }
     Ok(exit_for(&final_state, args.wait, "active"))
+}
+
+/// Pushes the lifecycle job just recorded. What is recorded stays so when
+/// Redis does not take the job: a worker's reconciler pushes it, which is
+/// said on stderr instead of failing a command whose change is made.
+async fn push_recorded_job(
+    ctx: &Ctx,
+    pool: &PgPool,
+    queue: &RedisQueue,
+    schema: &str,
+    kind: JobKind,
+) -> Result<Option<String>, CliError> {
+    match push_owed_lifecycle_job(pool, queue, schema, kind, None).await {
+        Ok(id) => Ok(id),
+        Err(e) if e.is_unreachable() => {
+            eprintln!(
+                "warning: the job could not be pushed ({e}); it is recorded, and a worker's reconciler pushes it"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(ctx.error(e)),
+    }
 }
 
 fn exit_for(state: &str, waited: bool, wanted: &str) -> ExitCode {
