@@ -438,6 +438,11 @@ impl Worker {
         peak_rss_kib(self.pid)
     }
 
+    /// The CPU time the worker has used so far (user and system).
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        cpu_time(self.pid)
+    }
+
     /// Stops the worker as its supervisor would (SIGTERM) and waits for it;
     /// anything but a clean exit is an error.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
@@ -465,6 +470,36 @@ pub(crate) fn peak_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The CPU time process `pid` has used (utime + stime of
+/// `/proc/<pid>/stat`, in the kernel's clock ticks of 10 ms).
+pub(crate) fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name in parentheses may hold spaces: count fields after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// The machine's busy and total CPU time so far, from `/proc/stat`: over an
+/// interval, their differences say how much of every core was in use.
+pub(crate) fn machine_cpu() -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((
+        Duration::from_millis((total - idle) * 10),
+        Duration::from_millis(total * 10),
+    ))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use provision_shared::ledger::read_ledgers;
-use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, run_summary, start_run};
+use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, run_summary, start_run};
 use provision_shared::migration_set::import::store;
 use provision_shared::migration_set::{
     ExportDocument, ExportedMigration, Member, MigrationSet, built_in_export,
@@ -15,7 +15,7 @@ use provision_shared::migration_set::{
 use provision_shared::password::django_argon2_hash;
 use provision_shared::sql::{Ident, Marker, Script};
 
-use crate::env::{BenchEnv, Worker};
+use crate::env::{BenchEnv, Worker, machine_cpu};
 use crate::fixtures::{self, ACTOR, PASSWORD};
 use crate::lower_bound::{add_column, in_schema, run_on_sessions};
 use crate::progress::Progress;
@@ -65,6 +65,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
         let mut floor = Samples::default();
         let mut profiles = Vec::new();
         let mut transactions = Samples::default();
+        let mut floor_busy = Samples::default();
         for rep in 1..=options.repeat {
             column += 1;
             push_bench_migration(&mut document, column);
@@ -84,8 +85,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             }
             check_all_current(env, &set, &names).await?;
             system.push(millis(timed.elapsed));
-            let run_id = timed.run_id;
-            if let Some(profile) = run_profile(env, run_id).await {
+            if let Some(profile) = run_profile(env, &timed).await {
                 profiles.push(profile);
             }
             if !complaints.is_empty() {
@@ -102,6 +102,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             column += 1;
             let ddl = bench_member(column)?;
             env.settle().await;
+            let machine_before = machine_cpu();
             let floor_run = run_on_sessions(
                 &env.database_url,
                 concurrency,
@@ -112,6 +113,9 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             )
             .await?;
             floor.push(millis(floor_run.total()));
+            if let Some(((busy, total), (busy0, total0))) = machine_cpu().zip(machine_before) {
+                floor_busy.push((busy - busy0).as_secs_f64() / (total - total0).as_secs_f64().max(0.001));
+            }
         }
         report.row(
             format!("migrate-all, {n} schemas, concurrency {concurrency}"),
@@ -123,8 +127,10 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
         if let Some(profile) = median_profile(&profiles) {
             report.note(format!(
                 "migrate-all c={concurrency} (medians): {profile}; about {:.1} transactions per schema \
-                 (pg_stat_database, the bench's own queries subtracted; the lower bound commits 1)",
-                transactions.median()
+                 (pg_stat_database, the bench's own queries subtracted; the lower bound commits 1); \
+                 during the lower bound the machine's cores were {:.0}% busy",
+                transactions.median(),
+                floor_busy.median() * 100.0
             ));
         }
     }
@@ -192,6 +198,13 @@ pub(crate) struct TimedRun {
     run_id: i64,
     /// Queries the bench itself made meanwhile.
     queries: i64,
+    /// How long `start_run` took: every ledger read, the schemas behind
+    /// handed out as they were found.
+    start: Duration,
+    /// The worker's CPU time over the run, and the share of the machine's
+    /// cores in use meanwhile.
+    worker_cpu: Option<Duration>,
+    machine_busy: Option<f64>,
 }
 
 /// Starts a run to `version` and follows it to its end: the time an
@@ -205,14 +218,12 @@ pub(crate) async fn timed_run(
     label: &str,
 ) -> anyhow::Result<TimedRun> {
     let queue = env.queue().await?;
+    let cpu_before = worker.cpu_time();
+    let machine_before = machine_cpu();
     let started = Instant::now();
     let mut queries = 1;
-    let run_id = match start_run(&env.pool, set, RunTrigger::Operator, RunScope::All, ACTOR).await? {
-        RunStart::Started(id) => id,
-        other => bail!("expected a new run, found {other:?}"),
-    };
-    // As `provision migrate --all` does: the first schemas handed out at once.
-    dispatch(&env.pool, &queue).await?;
+    let run_id = start_operator_run(env, set, &queue).await?;
+    let start = started.elapsed();
     let mut progress = Progress::new(label, n);
     let mut last_summary = Instant::now();
     loop {
@@ -236,10 +247,22 @@ pub(crate) async fn timed_run(
                 "{} of {n} schemas migrated: {summary:?}",
                 summary.migrated
             );
+            let worker_cpu = worker
+                .cpu_time()
+                .zip(cpu_before)
+                .map(|(after, before)| after.saturating_sub(before));
+            let machine_busy = machine_cpu()
+                .zip(machine_before)
+                .map(|((busy, total), (busy0, total0))| {
+                    (busy - busy0).as_secs_f64() / (total - total0).as_secs_f64().max(0.001)
+                });
             return Ok(TimedRun {
                 elapsed,
                 run_id,
                 queries,
+                start,
+                worker_cpu,
+                machine_busy,
             });
         }
         worker.ensure_alive()?;
@@ -270,14 +293,34 @@ pub(crate) async fn timed_run(
     }
 }
 
+/// Starts a run of every schema to `set` as `provision migrate --all` does:
+/// its first schemas claimed as it is recorded and pushed to `queue`.
+async fn start_operator_run(
+    env: &BenchEnv,
+    set: &MigrationSet,
+    queue: &provision_queue::RedisQueue,
+) -> anyhow::Result<i64> {
+    match start_run(
+        &env.pool,
+        set,
+        RunTrigger::Operator,
+        RunScope::All,
+        ACTOR,
+        Some(queue),
+    )
+    .await?
+    {
+        RunStart::Started(id) => Ok(id),
+        other => bail!("expected a new run, found {other:?}"),
+    }
+}
+
 /// A run when every schema is current, timed the same way: every ledger
 /// read, nothing found behind, the run finished at once.
 async fn timed_noop(env: &BenchEnv, set: &MigrationSet, n: usize) -> anyhow::Result<Duration> {
+    let queue = env.queue().await?;
     let started = Instant::now();
-    let run_id = match start_run(&env.pool, set, RunTrigger::Operator, RunScope::All, ACTOR).await? {
-        RunStart::Started(id) => id,
-        other => bail!("expected a new run, found {other:?}"),
-    };
+    let run_id = start_operator_run(env, set, &queue).await?;
     loop {
         let summary = run_summary(&env.pool, run_id).await?;
         if summary.state == "finished" {
@@ -352,6 +395,9 @@ async fn check_all_current(env: &BenchEnv, set: &MigrationSet, names: &[String])
 /// (queue pick-up), and from the first done to the last.
 #[derive(Debug, Clone, Copy)]
 struct RunProfile {
+    start: f64,
+    worker_cpu: Option<f64>,
+    machine_busy: Option<f64>,
     to_first_queued: f64,
     to_first_done: f64,
     first_to_last_done: f64,
@@ -359,7 +405,8 @@ struct RunProfile {
 
 /// The profile of run `run_id`, or `None` if it cannot be read (the
 /// schema of these tables may have moved on; the figures stand anyway).
-async fn run_profile(env: &BenchEnv, run_id: i64) -> Option<RunProfile> {
+async fn run_profile(env: &BenchEnv, timed: &TimedRun) -> Option<RunProfile> {
+    let run_id = timed.run_id;
     let row: (Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT extract(epoch FROM min(s.queued_at) - r.started_at)::float8 * 1000,
                 extract(epoch FROM min(s.updated_at) - r.started_at)::float8 * 1000,
@@ -373,6 +420,9 @@ async fn run_profile(env: &BenchEnv, run_id: i64) -> Option<RunProfile> {
     .await
     .ok()?;
     Some(RunProfile {
+        start: millis(timed.start),
+        worker_cpu: timed.worker_cpu.map(millis),
+        machine_busy: timed.machine_busy,
         to_first_queued: row.0?,
         to_first_done: row.1?,
         first_to_last_done: row.2?,
@@ -384,10 +434,23 @@ fn median_profile(profiles: &[RunProfile]) -> Option<String> {
         return None;
     }
     let median = |f: fn(&RunProfile) -> f64| Samples::new(profiles.iter().map(f).collect()).median();
-    Some(format!(
-        "start → first schema queued {:.0} ms, → first schema done {:.0} ms, first → last done {:.0} ms",
+    let median_of = |f: fn(&RunProfile) -> Option<f64>| {
+        let values: Vec<f64> = profiles.iter().filter_map(f).collect();
+        (!values.is_empty()).then(|| Samples::new(values).median())
+    };
+    let mut text = format!(
+        "start_run {:.0} ms (while schemas are migrated); the run's row → first schema queued {:.0} ms, \
+         → first schema done {:.0} ms, first → last done {:.0} ms",
+        median(|p| p.start),
         median(|p| p.to_first_queued),
         median(|p| p.to_first_done),
         median(|p| p.first_to_last_done),
-    ))
+    );
+    if let Some(cpu) = median_of(|p| p.worker_cpu) {
+        text.push_str(&format!("; worker CPU {cpu:.0} ms"));
+    }
+    if let Some(busy) = median_of(|p| p.machine_busy) {
+        text.push_str(&format!(", the machine's cores {:.0}% busy", busy * 100.0));
+    }
+    Some(text)
 }

@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use provision_shared::ledger::read_ledger;
-use provision_shared::migrate_all::{
-    RunScope, RunStart, RunSummary, RunTrigger, dispatch, run_summary, start_run,
-};
+use provision_shared::migrate_all::{RunScope, RunStart, RunSummary, RunTrigger, run_summary, start_run};
 use provision_shared::migration_set::import::store_built_in_if_none;
 use provision_shared::public_schema::prepare_public_schema;
 use provision_shared::{ProvisionError, TenantState, db};
@@ -91,19 +89,21 @@ async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<Exit
     }
     let before = read_ledger(&pool, &set, schema).await.map_err(|e| ctx.error(e))?;
     let latest = set.len();
+    // Without Redis the run still starts: a worker's dispatch hands it out.
+    let queue = ctx.queue().await.ok();
     let run_id = match start_run(
         &pool,
         &set,
         RunTrigger::Operator,
         RunScope::Schema(schema),
         &actor(),
+        queue.as_ref(),
     )
     .await
     .map_err(|e| ctx.error(e))?
     {
         RunStart::Started(id) | RunStart::AlreadyRunning(id) | RunStart::TickTaken(id) => id,
     };
-    hand_out_first_schemas(ctx, &pool).await;
     if !args.json {
         println!(
             "Started migration run {run_id} for {schema}; {} of {latest} migrations applied",
@@ -140,22 +140,21 @@ async fn migrate_one(ctx: &Ctx, schema: &str, args: &MigrateArgs) -> Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-/// Hands out a new run's first schemas now rather than at a worker's next
-/// dispatch tick; if Redis cannot be reached, that tick will.
-async fn hand_out_first_schemas(ctx: &Ctx, pool: &PgPool) {
-    if let Ok(queue) = ctx.queue().await
-        && let Err(e) = dispatch(pool, &queue).await
-    {
-        tracing::debug!(error = %e, "could not hand out the run's first schemas; a worker will");
-    }
-}
-
 async fn migrate_all(ctx: &Ctx, args: &MigrateArgs) -> Result<ExitCode, CliError> {
     let pool = ctx.pool().await?;
     let set = ctx.migrations(&pool).await?;
-    let run_id = match start_run(&pool, &set, RunTrigger::Operator, RunScope::All, &actor())
-        .await
-        .map_err(|e| ctx.error(e))?
+    // Without Redis the run still starts: a worker's dispatch hands it out.
+    let queue = ctx.queue().await.ok();
+    let run_id = match start_run(
+        &pool,
+        &set,
+        RunTrigger::Operator,
+        RunScope::All,
+        &actor(),
+        queue.as_ref(),
+    )
+    .await
+    .map_err(|e| ctx.error(e))?
     {
         RunStart::Started(id) => {
             if !args.json {
@@ -165,7 +164,6 @@ async fn migrate_all(ctx: &Ctx, args: &MigrateArgs) -> Result<ExitCode, CliError
                     set.len()
                 );
             }
-            hand_out_first_schemas(ctx, &pool).await;
             id
         }
         RunStart::AlreadyRunning(id) | RunStart::TickTaken(id) => {

@@ -69,12 +69,21 @@ pub enum RunStart {
 /// schema is missing a failed one. The ledgers are read a hundred schemas a
 /// query; the run and its rows are one statement. A run with nothing to do
 /// is finished at once.
-pub async fn start_run(
+///
+/// With a `sink`, the statement that records the rows also claims the
+/// first of them, as far as [`dispatch`]'s bound allows, and they are pushed
+/// as soon as it commits: the first schemas are migrated without waiting
+/// for a dispatch of their own. Pass one only when the queue is reachable:
+/// a claimed row whose push fails is handed out again after
+/// [`QUEUED_TIMEOUT_SECS`], where an unclaimed one goes at the next
+/// dispatch tick.
+pub async fn start_run<S: JobSink>(
     pool: &PgPool,
     set: &MigrationSet,
     trigger: RunTrigger,
     scope: RunScope<'_>,
     started_by: &str,
+    sink: Option<&S>,
 ) -> Result<RunStart, ProvisionError> {
     if scope == RunScope::All {
         record_in_public(pool, set).await?;
@@ -123,8 +132,22 @@ pub async fn start_run(
     }
     // The run in progress may finish between our insert's conflict and our
     // look for it: then try again.
+    let run = NewRun {
+        target: set.version(),
+        trigger,
+        scope,
+        started_by,
+        claim: sink.is_some(),
+    };
     for _ in 0..5 {
-        if let Some(start) = try_start_run(pool, set.version(), trigger, scope, started_by, &rows).await? {
+        if let Some((start, claimed)) = try_start_run(pool, &run, &rows).await? {
+            // The run is recorded: a push that fails is the timeout's to
+            // mend, not the caller's.
+            if let Some(sink) = sink
+                && let Err(e) = push_claimed(sink, claimed).await
+            {
+                tracing::warn!(error = %e, "could not hand out the run's first schemas; they are handed out again in {QUEUED_TIMEOUT_SECS} s");
+            }
             return Ok(start);
         }
     }
@@ -203,24 +226,62 @@ impl RunRows {
     }
 }
 
-async fn try_start_run(
-    pool: &PgPool,
+/// What a run is started with.
+struct NewRun<'a> {
     target: i32,
     trigger: RunTrigger,
-    scope: RunScope<'_>,
-    started_by: &str,
+    scope: RunScope<'a>,
+    started_by: &'a str,
+    /// Whether its first rows are claimed for the queue as it is recorded.
+    claim: bool,
+}
+
+/// Records the run and its rows; `None` when the run in progress that
+/// refused it has finished since. With `run.claim`, under the lock that
+/// [`dispatch`] takes and within its bound, the first rows are recorded
+/// already queued and returned.
+async fn try_start_run(
+    pool: &PgPool,
+    run: &NewRun<'_>,
     rows: &RunRows,
-) -> Result<Option<RunStart>, ProvisionError> {
-    let (kind, tick) = match trigger {
+) -> Result<Option<(RunStart, Vec<(i64, String)>)>, ProvisionError> {
+    let (kind, tick) = match run.trigger {
         RunTrigger::Cron(tick) => ("cron", Some(tick)),
         RunTrigger::Operator => ("operator", None),
     };
-    let scope_name = match scope {
+    let scope_name = match run.scope {
         RunScope::All => "all",
         RunScope::Schema(_) => "schema",
     };
     let total = i32::try_from(rows.names.len()).unwrap_or(i32::MAX);
-    let started: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    let room: i64 = if run.claim {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(advisory_key("dispatch-migrations", ""))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query_scalar(
+            "SELECT greatest($1 - count(*), 0) FROM public.provision_migration_run_schema
+             WHERE state = 'queued' AND queued_at >= now() - make_interval(secs => $2)",
+        )
+        .bind(MAX_QUEUED)
+        .bind(QUEUED_TIMEOUT_SECS)
+        .fetch_one(&mut *tx)
+        .await?
+    } else {
+        0
+    };
+    let mut room = usize::try_from(room).unwrap_or(0);
+    let claimed: Vec<bool> = rows
+        .errors
+        .iter()
+        .map(|error| {
+            let claim = error.is_none() && room > 0;
+            room -= usize::from(claim);
+            claim
+        })
+        .collect();
+    let started: Result<Option<(i64, Vec<String>)>, sqlx::Error> = sqlx::query_as(
         "WITH run AS (
              INSERT INTO public.provision_migration_run
                  (trigger, scope, started_by, tick, target_version, total, already_current, state, finished_at)
@@ -230,30 +291,35 @@ async fn try_start_run(
              RETURNING id),
          behind AS (
              INSERT INTO public.provision_migration_run_schema
-                 (run_id, schema_name, pending, has_ledger, state, error)
+                 (run_id, schema_name, pending, has_ledger, state, error, queued_at, attempt)
              SELECT run.id, r.name, r.pending::integer[], r.has_ledger,
-                    CASE WHEN r.error IS NULL THEN 'pending' ELSE 'failed' END, r.error
-             FROM run, unnest($8::text[], $9::text[], $10::boolean[], $11::text[])
-                  AS r(name, pending, has_ledger, error))
-         SELECT id FROM run",
+                    CASE WHEN r.error IS NOT NULL THEN 'failed' WHEN r.claimed THEN 'queued' ELSE 'pending' END,
+                    r.error, CASE WHEN r.claimed THEN now() END, r.claimed::integer
+             FROM run, unnest($8::text[], $9::text[], $10::boolean[], $11::text[], $12::boolean[])
+                  AS r(name, pending, has_ledger, error, claimed)
+             RETURNING schema_name, state)
+         SELECT id, coalesce((SELECT array_agg(schema_name) FROM behind WHERE state = 'queued'), '{}')
+         FROM run",
     )
     .bind(kind)
     .bind(scope_name)
-    .bind(started_by)
+    .bind(run.started_by)
     .bind(tick)
-    .bind(target)
+    .bind(run.target)
     .bind(total)
     .bind(rows.current)
     .bind(&rows.names)
     .bind(&rows.pending)
     .bind(&rows.has_ledger)
     .bind(&rows.errors)
-    .fetch_optional(pool)
+    .bind(&claimed)
+    .fetch_optional(&mut *tx)
     .await;
-    let started = match started {
-        Ok(Some(id)) => id,
+    let (started, claimed) = match started {
+        Ok(Some(row)) => row,
         Ok(None) => return Err(ProvisionError::Contended("the run was not recorded".into())),
         Err(e) => {
+            drop(tx);
             return match violated_constraint(&e) {
                 Some(constraint::RUN_TICK_KEY) => {
                     let id: i64 =
@@ -261,7 +327,7 @@ async fn try_start_run(
                             .bind(tick)
                             .fetch_one(pool)
                             .await?;
-                    Ok(Some(RunStart::TickTaken(id)))
+                    Ok(Some((RunStart::TickTaken(id), Vec::new())))
                 }
                 Some(constraint::ONE_RUNNING_RUN) => {
                     let id: Option<i64> = sqlx::query_scalar(
@@ -269,15 +335,17 @@ async fn try_start_run(
                     )
                     .fetch_optional(pool)
                     .await?;
-                    Ok(id.map(RunStart::AlreadyRunning))
+                    Ok(id.map(|id| (RunStart::AlreadyRunning(id), Vec::new())))
                 }
                 _ => Err(e.into()),
             };
         }
     };
     // A run of nothing but missing schemas has nothing open: finished.
-    finish_if_done(pool, started).await?;
-    Ok(Some(RunStart::Started(started)))
+    finish_if_done(&mut *tx, started).await?;
+    tx.commit().await?;
+    let claimed = claimed.into_iter().map(|name| (started, name)).collect();
+    Ok(Some((RunStart::Started(started), claimed)))
 }
 
 /// Finishes run `run_id` when none of its schemas is pending or queued.
@@ -346,9 +414,14 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    // Pushed after the claim commits, so a job never finds its row not yet
-    // queued. A crash in between leaves rows queued with no job: after
-    // QUEUED_TIMEOUT_SECS they are handed out again.
+    push_claimed(sink, claimed).await
+}
+
+/// Pushes claimed (run, schema) rows as `MigrateSchema` jobs; returns how
+/// many schemas. Called once the claim has committed, so a job never finds
+/// its row not yet queued. A crash in between leaves rows queued with no
+/// job: after [`QUEUED_TIMEOUT_SECS`] they are handed out again.
+async fn push_claimed<S: JobSink>(sink: &S, claimed: Vec<(i64, String)>) -> Result<usize, ProvisionError> {
     let jobs = batch_jobs(claimed);
     let schemas = jobs.iter().map(|j| 1 + j.more_schema_names.len()).sum();
     for job in jobs {

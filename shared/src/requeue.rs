@@ -8,8 +8,7 @@ use sqlx::PgPool;
 use crate::error::ProvisionError;
 use crate::jobs::{JobKind, JobRequest, JobSink};
 use crate::lifecycle::schedule::{push_owed_lifecycle_job, retry_failed_lifecycle};
-use crate::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, retry_failed_migration, start_run};
-use crate::migration_set::MigrationSet;
+use crate::migrate_all::retry_failed_migration;
 use crate::operator::{record_event, retry_failed};
 use crate::request::note_job_id;
 use crate::state::TenantState;
@@ -157,24 +156,4 @@ async fn retry_migrations(
         }
     }
     Ok(retried)
-}
-
-/// Starts a migration run of `scope` to `set` for `actor` (or finds the
-/// run of all schemas in progress) and, for a new run, hands its first
-/// schemas to `sink` now rather than at a worker's next dispatch: when that
-/// fails, the worker's dispatch does it, so it is logged and not returned.
-pub async fn start_migration_run<S: JobSink>(
-    pool: &PgPool,
-    set: &MigrationSet,
-    scope: RunScope<'_>,
-    sink: Option<&S>,
-    actor: &str,
-) -> Result<RunStart, ProvisionError> {
-    let start = start_run(pool, set, RunTrigger::Operator, scope, actor).await?;
-    if let (RunStart::Started(_), Some(sink)) = (&start, sink)
-        && let Err(e) = dispatch(pool, sink).await
-    {
-        tracing::debug!(error = %e, "could not hand out the run's first schemas; a worker will");
-    }
-    Ok(start)
 }

@@ -422,12 +422,47 @@ async fn a_tick_missed_while_no_worker_ran_is_run_at_the_next_start() {
 /// failed by the one-transaction-per-migration runner with the exact error,
 /// while the rest of its group is migrated that way; one that is no longer
 /// queued in the run is left alone; the groups after them are migrated.
+/// Starts a run of every schema to `set` with no queue: nothing is pushed,
+/// every schema behind is left pending for the test to hand out.
+async fn start_run_unpushed(env: &TestEnv, set: &MigrationSet) -> i64 {
+    use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, start_run};
+    match start_run(
+        &env.pool,
+        set,
+        RunTrigger::Operator,
+        RunScope::All,
+        "test",
+        None::<&NoQueue>,
+    )
+    .await
+    {
+        Ok(RunStart::Started(run_id)) => run_id,
+        other => panic!("no run started: {other:?}"),
+    }
+}
+
+/// Runs run `run_id`'s `MigrateSchema` job for `names`, as a worker would.
+async fn run_job(
+    env: &TestEnv,
+    set: &MigrationSet,
+    run_id: i64,
+    names: &[String],
+) -> Vec<(String, provision_shared::migrate_all::SchemaOutcome)> {
+    provision_shared::migrate_all::migrate_run_schemas(
+        &env.pool,
+        set,
+        run_id,
+        names,
+        provision_shared::retry::RetryPolicy { max_attempts: 8 },
+        "test",
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_batch_job_migrates_each_schema_and_reports_a_broken_or_stale_one_exactly() {
-    use provision_shared::migrate_all::{
-        RunScope, RunStart, RunTrigger, SCHEMAS_PER_TRANSACTION, SchemaOutcome, migrate_run_schemas,
-        start_run,
-    };
+    use provision_shared::migrate_all::{SCHEMAS_PER_TRANSACTION, SchemaOutcome};
     let env = TestEnv::new("migbatch").await;
     // The broken schema inside the first group, the stale one after the
     // second group, then two groups' worth more.
@@ -443,12 +478,7 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_broken_or_stale_one_exac
     .unwrap();
     add_notes(&env, ADD_NOTES);
     let set = MigrationSet::in_force(&env.pool).await.unwrap();
-    let RunStart::Started(run_id) = start_run(&env.pool, &set, RunTrigger::Operator, RunScope::All, "test")
-        .await
-        .unwrap()
-    else {
-        panic!("no run started");
-    };
+    let run_id = start_run_unpushed(&env, &set).await;
     // Queued as the dispatcher queues them, all but the stale one.
     sqlx::query(
         "UPDATE provision_migration_run_schema SET state = 'queued', queued_at = now(), attempt = 1
@@ -460,16 +490,7 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_broken_or_stale_one_exac
     .await
     .unwrap();
 
-    let outcomes = migrate_run_schemas(
-        &env.pool,
-        &set,
-        run_id,
-        &names,
-        provision_shared::retry::RetryPolicy { max_attempts: 8 },
-        "test",
-    )
-    .await
-    .unwrap();
+    let outcomes = run_job(&env, &set, run_id, &names).await;
 
     let notes = i32::try_from(set.len()).unwrap();
     assert_eq!(outcomes.len(), count);
@@ -518,4 +539,71 @@ async fn a_batch_job_migrates_each_schema_and_reports_a_broken_or_stale_one_exac
         );
     }
     assert!(!has_notes_column(&env, stale).await);
+}
+
+/// A sink that keeps what is pushed to it, for a test to look at.
+#[derive(Default)]
+struct KeptJobs(std::sync::Mutex<Vec<provision_shared::jobs::JobRequest>>);
+
+impl provision_shared::jobs::JobSink for KeptJobs {
+    async fn push(
+        &self,
+        job: provision_shared::jobs::JobRequest,
+    ) -> Result<String, provision_shared::ProvisionError> {
+        self.0.lock().unwrap().push(job);
+        Ok("kept".into())
+    }
+}
+
+#[tokio::test]
+async fn a_run_started_with_the_queue_at_hand_pushes_its_first_schemas_as_it_records_them() {
+    use provision_shared::jobs::JobKind;
+    use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, start_run};
+    let env = TestEnv::new("migclaim").await;
+    let names = ready_tenants(&env, "claim", 12).await;
+    // A tenant row without its schema: failed at the start, never pushed.
+    sqlx::query(
+        "INSERT INTO public.tenants_client (schema_name, name, paid_until, on_trial, is_active, trial_days, created_on)
+         VALUES ('claim_gone', 'Gone', current_date, true, true, 30, current_date)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    add_notes(&env, ADD_NOTES);
+    let set = MigrationSet::in_force(&env.pool).await.unwrap();
+    let kept = KeptJobs::default();
+    let RunStart::Started(run_id) = start_run(
+        &env.pool,
+        &set,
+        RunTrigger::Operator,
+        RunScope::All,
+        "test",
+        Some(&kept),
+    )
+    .await
+    .unwrap() else {
+        panic!("no run started");
+    };
+    let rows: Vec<(String, String, i32, bool)> = sqlx::query_as(
+        "SELECT schema_name, state, attempt, queued_at IS NOT NULL FROM provision_migration_run_schema
+         WHERE run_id = $1 ORDER BY schema_name",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let expected: Vec<(String, String, i32, bool)> = names
+        .iter()
+        .map(|n| (n.clone(), "queued".to_owned(), 1, true))
+        .chain([("claim_gone".to_owned(), "failed".to_owned(), 0, false)])
+        .collect();
+    assert_eq!(rows, expected, "every schema behind is recorded already queued");
+    let jobs = kept.0.lock().unwrap();
+    let mut pushed: Vec<String> = jobs
+        .iter()
+        .inspect(|j| assert_eq!((j.kind, j.run_id), (JobKind::MigrateSchema, run_id)))
+        .flat_map(|j| std::iter::once(j.schema_name.clone()).chain(j.more_schema_names.iter().cloned()))
+        .collect();
+    pushed.sort();
+    assert_eq!(pushed, names, "each queued schema pushed exactly once");
 }

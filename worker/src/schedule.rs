@@ -14,7 +14,7 @@ use apalis_cron::Tick;
 use chrono::{DateTime, Duration, Utc};
 use cron::Schedule;
 use provision_shared::ProvisionError;
-use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, start_run};
+use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, start_run};
 
 use crate::handlers::WorkerState;
 
@@ -49,15 +49,12 @@ pub async fn run_for_tick(state: &WorkerState, tick: DateTime<Utc>) -> Result<Ru
         RunTrigger::Cron(tick),
         RunScope::All,
         &state.name,
+        Some(&state.queue),
     )
     .await?;
     match &started {
         RunStart::Started(id) => {
-            tracing::info!(run_id = id, %tick, "migrate-all run started by the schedule");
-            // The first schemas now; the maintenance loop hands out the rest.
-            if let Err(e) = dispatch(&state.pool, &state.queue).await {
-                tracing::warn!(run_id = id, error = %e, "could not hand out the run's first schemas; the next dispatch tick will");
-            }
+            tracing::info!(run_id = id, %tick, "migrate-all run started by the schedule")
         }
         RunStart::TickTaken(id) => tracing::debug!(run_id = id, %tick, "tick already has its run"),
         RunStart::AlreadyRunning(id) => {

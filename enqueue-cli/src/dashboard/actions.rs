@@ -19,9 +19,9 @@ use provision_shared::lifecycle::schedule::{
     DEFAULT_GRACE_DAYS, DeleteWhen, cancel_deletion, push_owed_lifecycle_job, schedule_deletion,
 };
 use provision_shared::lifecycle::suspend::{Switched, resume, suspend};
-use provision_shared::migrate_all::{RunScope, RunStart, dispatch};
+use provision_shared::migrate_all::{RunScope, RunStart, RunTrigger, dispatch, start_run};
 use provision_shared::operator::{DomainFix, fix_domain as fix_tenant_domain};
-use provision_shared::requeue::{RetryTarget, retry_and_requeue, start_migration_run};
+use provision_shared::requeue::{RetryTarget, retry_and_requeue};
 use provision_shared::tenant_search::failed_tenants_matching;
 use provision_shared::{InvalidInput, ProvisionError, validate};
 use serde::Deserialize;
@@ -152,7 +152,15 @@ pub(crate) async fn start_migrate_all(
             .latest(&state.pool)
             .await?
             .ok_or(ProvisionError::NoMigrationSet)?;
-        let start = start_migration_run(&state.pool, &set, RunScope::All, Some(&state.queue), &actor).await?;
+        let start = start_run(
+            &state.pool,
+            &set,
+            RunTrigger::Operator,
+            RunScope::All,
+            &actor,
+            Some(&state.queue),
+        )
+        .await?;
         Ok(match start {
             RunStart::Started(id) => format!(
                 "Started migrate-all run {id} to tenant migration set {} ({} migrations).",
