@@ -120,22 +120,23 @@ fn write_session_part(
     script.sql(";\n");
     // The bookkeeping, and the guard that the set and the ledgers are still
     // as they were read, in one statement before any DDL.
+    script.sql("WITH ");
     if let Some(also) = also {
-        script.sql("WITH ");
         also(script, &positions, targets);
-        script.sql("\n");
+        script.sql(",\n");
     }
+    write_expected_keys(script, set, first.ledger);
     let names: Vec<&str> = targets.iter().map(|t| t.ident.name()).collect();
     let message = format!(
         "the migrations recorded in schema(s) {} changed since they were read",
         names.join(", ")
     );
     script
-        .sql("SELECT public.provision_assert_set(")
+        .sql("\nSELECT public.provision_assert_set(")
         .int(version)
         .sql("), public.provision_assert(");
-    script.join(targets, " AND ", |s, t| write_ledger_is(s, t, version));
-    script.sql(", ").text(&message).sql(");\n");
+    script.join(targets, " AND ", write_ledger_is);
+    script.sql(", ").text(&message).sql(") FROM expected;\n");
 
     for target in targets {
         script
@@ -163,8 +164,37 @@ fn write_session_part(
     Ok(positions)
 }
 
-/// The condition that `target`'s ledger is what it was read as.
-fn write_ledger_is(script: &mut Script, target: &Target<'_>, version: i64) {
+/// The CTE `expected(applied, pending)`: the keys of the set's migrations
+/// that `ledger` records, and of those it lacks, which the ledgers of a
+/// group's targets (all read as `ledger`) are checked against.
+fn write_expected_keys(script: &mut Script, set: &MigrationSet, ledger: &Ledger) {
+    let applied: &[i32] = match ledger {
+        Ledger::Applied(applied) => applied,
+        Ledger::NoSchema | Ledger::NoLedger => &[],
+    };
+    let keys = |positions: &[i32]| -> Vec<String> {
+        positions
+            .iter()
+            .filter_map(|p| set.member(*p))
+            .map(Member::key)
+            .collect()
+    };
+    script.sql("expected(applied, pending) AS (SELECT ARRAY[");
+    script.join(keys(applied), ", ", |s, k| {
+        s.text(&k);
+    });
+    script.sql("]::text[], ARRAY[");
+    script.join(keys(&ledger.pending(set)), ", ", |s, k| {
+        s.text(&k);
+    });
+    script.sql("]::text[])");
+}
+
+/// The condition that `target`'s ledger is what it was read as: it records
+/// every key of `expected.applied` and none of `expected.pending` (keys
+/// unknown to the set may be there too). Keys are compared as text, with
+/// no join to the set's table: this runs once per schema migrated.
+fn write_ledger_is(script: &mut Script, target: &Target<'_>) {
     match target.ledger {
         Ledger::NoSchema | Ledger::NoLedger => {
             script
@@ -173,18 +203,12 @@ fn write_ledger_is(script: &mut Script, target: &Target<'_>, version: i64) {
                 .sql(") || '.django_migrations') IS NULL");
         }
         Ledger::Applied(applied) => {
-            script.sql("coalesce((SELECT array_agg(DISTINCT sm.position ORDER BY sm.position) FROM ");
-            script.ident(target.ident);
+            script.sql("(SELECT count(DISTINCT l.k) FILTER (WHERE l.k = ANY(expected.applied)) = ");
+            script.int(i64::try_from(applied.len()).unwrap_or(i64::MAX));
             script.sql(
-                ".django_migrations m JOIN public.provision_migration_set_member sm ON sm.set_version = ",
+                " AND count(*) FILTER (WHERE l.k = ANY(expected.pending)) = 0 FROM (SELECT m.app || '.' || m.name AS k FROM ",
             );
-            script
-                .int(version)
-                .sql(" AND sm.app = m.app AND sm.name = m.name), '{}') = ARRAY[");
-            script.join(applied, ", ", |s, p| {
-                s.int(i64::from(*p));
-            });
-            script.sql("]::integer[]");
+            script.ident(target.ident).sql(".django_migrations m) AS l)");
         }
     }
 }

@@ -607,3 +607,60 @@ async fn a_run_started_with_the_queue_at_hand_pushes_its_first_schemas_as_it_rec
     pushed.sort();
     assert_eq!(pushed, names, "each queued schema pushed exactly once");
 }
+
+#[tokio::test]
+async fn a_ledger_changed_after_the_run_read_it_is_read_again_and_nothing_is_applied_twice() {
+    use provision_shared::migrate_all::{SCHEMAS_PER_TRANSACTION, SchemaOutcome};
+    let env = TestEnv::new("migguard").await;
+    let names = ready_tenants(&env, "guard", 2 * SCHEMAS_PER_TRANSACTION).await;
+    add_notes(&env, ADD_NOTES);
+    let set = MigrationSet::in_force(&env.pool).await.unwrap();
+    let run_id = start_run_unpushed(&env, &set).await;
+    // After the run read the ledgers: the platform marked the new migration
+    // applied in one schema without running it (`migrate --fake`), and
+    // recorded a migration this set does not know in another.
+    let (faked, ahead) = (&names[1], &names[SCHEMAS_PER_TRANSACTION + 1]);
+    for (schema, migration) in [(faked, "0002_notes"), (ahead, "9999_from_a_later_release")] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO \"{schema}\".django_migrations (app, name, applied) VALUES ('buildings', '{migration}', now())"
+        )))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "UPDATE provision_migration_run_schema SET state = 'queued', queued_at = now(), attempt = 1
+         WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let outcomes = run_job(&env, &set, run_id, &names).await;
+
+    let notes = i32::try_from(set.len()).unwrap();
+    for (schema, outcome) in &outcomes {
+        match outcome {
+            SchemaOutcome::Current if schema == faked => {}
+            SchemaOutcome::Migrated(applied) if schema != faked => assert_eq!(applied, &[notes], "{schema}"),
+            other => panic!("{schema} ended {other:?}"),
+        }
+    }
+    assert_eq!(outcomes.len(), names.len());
+    assert_eq!(
+        env.ledger_of(faked).await,
+        built_in_keys_and(&[NOTES]),
+        "recorded once, as the platform left it"
+    );
+    assert!(
+        !has_notes_column(&env, faked).await,
+        "its DDL was not run behind the platform's back"
+    );
+    let mut ahead_ledger = env.ledger_of(ahead).await;
+    ahead_ledger.sort();
+    let mut expected = built_in_keys_and(&[NOTES, "buildings.9999_from_a_later_release"]);
+    expected.sort();
+    assert_eq!(ahead_ledger, expected);
+    assert!(has_notes_column(&env, ahead).await);
+}
