@@ -260,14 +260,7 @@ async fn try_start_run(
             .bind(advisory_key("dispatch-migrations", ""))
             .execute(&mut *tx)
             .await?;
-        sqlx::query_scalar(
-            "SELECT greatest($1 - count(*), 0) FROM public.provision_migration_run_schema
-             WHERE state = 'queued' AND queued_at >= now() - make_interval(secs => $2)",
-        )
-        .bind(MAX_QUEUED)
-        .bind(QUEUED_TIMEOUT_SECS)
-        .fetch_one(&mut *tx)
-        .await?
+        queue_room(&mut tx).await?
     } else {
         0
     };
@@ -379,27 +372,25 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     if !locked {
         return Ok(0);
     }
+    let room = queue_room(&mut tx).await?;
     let claimed: Vec<(i64, String)> = sqlx::query_as(
         "WITH lost AS (
              UPDATE public.provision_migration_run_schema SET state = 'pending', updated_at = now()
              WHERE state = 'queued' AND queued_at < now() - make_interval(secs => $2)
              RETURNING run_id),
-         room AS (
-             SELECT greatest($1 - count(*), 0) AS n FROM public.provision_migration_run_schema
-             WHERE state = 'queued' AND queued_at >= now() - make_interval(secs => $2)),
          next AS (
              SELECT s.run_id, s.schema_name FROM public.provision_migration_run_schema s
              JOIN public.provision_migration_run r ON r.id = s.run_id AND r.state = 'running'
              WHERE s.state = 'pending' AND s.not_before <= now()
              ORDER BY s.run_id, s.schema_name
-             LIMIT (SELECT n FROM room)
+             LIMIT $1
              FOR UPDATE OF s SKIP LOCKED)
          UPDATE public.provision_migration_run_schema s
          SET state = 'queued', queued_at = now(), attempt = s.attempt + 1, updated_at = now()
          FROM next WHERE s.run_id = next.run_id AND s.schema_name = next.schema_name
          RETURNING s.run_id, s.schema_name",
     )
-    .bind(MAX_QUEUED)
+    .bind(room)
     .bind(QUEUED_TIMEOUT_SECS)
     .fetch_all(&mut *tx)
     .await?;
@@ -415,6 +406,20 @@ pub async fn dispatch<S: JobSink>(pool: &PgPool, sink: &S) -> Result<usize, Prov
     .await?;
     tx.commit().await?;
     push_claimed(sink, claimed).await
+}
+
+/// How many more schema rows may be queued under [`MAX_QUEUED`]: rows
+/// queued longer ago than [`QUEUED_TIMEOUT_SECS`] count as lost. Read
+/// under the dispatch lock, by [`dispatch`] and by a run's start.
+async fn queue_room(tx: &mut sqlx::PgConnection) -> Result<i64, ProvisionError> {
+    Ok(sqlx::query_scalar(
+        "SELECT greatest($1 - count(*), 0) FROM public.provision_migration_run_schema
+         WHERE state = 'queued' AND queued_at >= now() - make_interval(secs => $2)",
+    )
+    .bind(MAX_QUEUED)
+    .bind(QUEUED_TIMEOUT_SECS)
+    .fetch_one(&mut *tx)
+    .await?)
 }
 
 /// Pushes claimed (run, schema) rows as `MigrateSchema` jobs; returns how
