@@ -502,6 +502,13 @@ pub(crate) fn machine_cpu() -> Option<(Duration, Duration)> {
     ))
 }
 
+/// The share of the machine's cores in use since `before` (a
+/// [`machine_cpu`] reading), when both readings could be made.
+pub(crate) fn busy_share_since(before: Option<(Duration, Duration)>) -> Option<f64> {
+    let ((busy, total), (busy0, total0)) = machine_cpu().zip(before)?;
+    Some((busy - busy0).as_secs_f64() / (total - total0).as_secs_f64().max(0.001))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

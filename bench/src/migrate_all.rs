@@ -15,7 +15,7 @@ use provision_shared::migration_set::{
 use provision_shared::password::django_argon2_hash;
 use provision_shared::sql::{Ident, Marker, Script};
 
-use crate::env::{BenchEnv, Worker, machine_cpu};
+use crate::env::{BenchEnv, Worker, busy_share_since, machine_cpu};
 use crate::fixtures::{self, ACTOR, PASSWORD};
 use crate::lower_bound::{add_column, in_schema, run_on_sessions};
 use crate::progress::Progress;
@@ -113,8 +113,8 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             )
             .await?;
             floor.push(millis(floor_run.total()));
-            if let Some(((busy, total), (busy0, total0))) = machine_cpu().zip(machine_before) {
-                floor_busy.push((busy - busy0).as_secs_f64() / (total - total0).as_secs_f64().max(0.001));
+            if let Some(busy) = busy_share_since(machine_before) {
+                floor_busy.push(busy);
             }
         }
         report.row(
@@ -251,11 +251,7 @@ pub(crate) async fn timed_run(
                 .cpu_time()
                 .zip(cpu_before)
                 .map(|(after, before)| after.saturating_sub(before));
-            let machine_busy = machine_cpu()
-                .zip(machine_before)
-                .map(|((busy, total), (busy0, total0))| {
-                    (busy - busy0).as_secs_f64() / (total - total0).as_secs_f64().max(0.001)
-                });
+            let machine_busy = busy_share_since(machine_before);
             return Ok(TimedRun {
                 elapsed,
                 run_id,
