@@ -120,6 +120,62 @@ pub async fn read_ledgers(
     Ok(ledgers)
 }
 
+/// What the ledger hints of `schemas` say they lack of `set`: for each schema
+/// (with a ledger table) whose hint names an older set, the ledger it would
+/// have if nothing but this project had touched it since, every migration
+/// of that set applied. Not read from the schemas: a run's transaction
+/// checks each ledger under its lock before it applies anything
+/// (`migrations/public/0006_ledger_hints.sql`). A schema whose hint names
+/// `set` itself, or that has none, is not given: read its ledger.
+pub async fn ledgers_by_hint(
+    pool: &PgPool,
+    set: &MigrationSet,
+    schemas: &[String],
+) -> Result<HashMap<String, Ledger>, ProvisionError> {
+    let hinted: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT h.schema_name, h.set_version FROM public.provision_ledger_hint h
+         JOIN pg_namespace n ON n.nspname = h.schema_name
+         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'django_migrations' AND c.relkind = 'r'
+         WHERE h.schema_name = ANY($1) AND h.set_version < $2",
+    )
+    .bind(schemas)
+    .bind(set.version())
+    .fetch_all(pool)
+    .await?;
+    let mut versions: Vec<i32> = hinted.iter().map(|(_, v)| *v).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let keys: Vec<(i32, Vec<String>)> = sqlx::query_as(
+        "SELECT set_version, array_agg(app || '.' || name) FROM public.provision_migration_set_member
+         WHERE set_version = ANY($1) GROUP BY set_version",
+    )
+    .bind(&versions)
+    .fetch_all(pool)
+    .await?;
+    // Each older set's migrations, as positions of `set`.
+    let applied_by_version: HashMap<i32, Vec<i32>> = keys
+        .into_iter()
+        .map(|(version, keys)| {
+            let keys: std::collections::HashSet<String> = keys.into_iter().collect();
+            let applied = set
+                .members()
+                .iter()
+                .filter(|m| keys.contains(&m.key()))
+                .map(|m| m.position)
+                .collect();
+            (version, applied)
+        })
+        .collect();
+    Ok(hinted
+        .into_iter()
+        .filter(|(name, _)| Ident::existing_schema(name).is_ok())
+        .filter_map(|(name, version)| {
+            let applied = applied_by_version.get(&version)?;
+            Some((name, Ledger::Applied(applied.clone())))
+        })
+        .collect())
+}
+
 /// One query for the ledgers of `schemas`, each known to have one: each
 /// schema's applied keys, matched to the set's `positions` (a key the set
 /// does not hold is not one of its migrations).

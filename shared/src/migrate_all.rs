@@ -1,5 +1,6 @@
 //! Migration runs: starting one (every tenant's ledger read, a hundred
-//! schemas a query, and the schemas behind recorded in one statement),
+//! schemas a query, or taken at its hint when this project brought it to
+//! an older set; the schemas behind recorded in one statement),
 //! handing its schemas to workers a bounded batch at a time, recording how
 //! each schema ended, and finishing the run.
 //!
@@ -17,7 +18,7 @@ use sqlx::PgPool;
 
 use crate::error::{ProvisionError, violated_constraint};
 use crate::jobs::{JobRequest, JobSink};
-use crate::ledger::{Ledger, read_ledger, read_ledgers};
+use crate::ledger::{Ledger, ledgers_by_hint, read_ledger, read_ledgers};
 use crate::locks::advisory_key;
 use crate::migration_set::MigrationSet;
 use crate::names::constraint;
@@ -67,7 +68,8 @@ pub enum RunStart {
 /// Starts a migration run to `set`: every schema of `scope` whose ledger
 /// lacks a migration of the set becomes a pending row, and a tenant whose
 /// schema is missing a failed one. The ledgers are read a hundred schemas a
-/// query; the run and its rows are one statement. A run with nothing to do
+/// query, but for those whose hint names an older set ([`ledgers_by_hint`]);
+/// the run and its rows are one statement. A run with nothing to do
 /// is finished at once.
 ///
 /// With a `sink`, the statement that records the rows also claims the
@@ -107,7 +109,16 @@ pub async fn start_run<S: JobSink>(
         }
         RunScope::Schema(name) => vec![name.to_owned()],
     };
-    let ledgers = read_ledgers(pool, set, &names).await?;
+    // Schemas this project brought to an older set are taken at their hint
+    // (each job's transaction checks the ledger before it applies a thing);
+    // the rest are read.
+    let mut ledgers = ledgers_by_hint(pool, set, &names).await?;
+    let unhinted: Vec<String> = names
+        .iter()
+        .filter(|n| !ledgers.contains_key(*n))
+        .cloned()
+        .collect();
+    ledgers.extend(read_ledgers(pool, set, &unhinted).await?);
     let mut rows = RunRows::default();
     for name in names {
         match ledgers.get(&name) {
@@ -723,7 +734,14 @@ async fn migrate_run_schema(
              INSERT INTO public.provision_event (schema_name, from_state, to_state, step, attempt, error, detail, actor)
              SELECT $2, coalesce(t.state, 'external'), coalesce(t.state, 'external'), 'migrate_schema', $9, $5, $7, $8
              FROM (SELECT 1) AS one LEFT JOIN public.provision_tenant t ON t.schema_name = $2
-             WHERE $10 = 'schema' AND $3 <> 'pending' AND EXISTS (SELECT 1 FROM ended))
+             WHERE $10 = 'schema' AND $3 <> 'pending' AND EXISTS (SELECT 1 FROM ended)),
+         -- A schema found current (its hint was stale): the next run need
+         -- not look twice. A hint naming the target is never trusted, so
+         -- one written from a read outside the schema's lock is safe.
+         hint AS (
+             INSERT INTO public.provision_ledger_hint (schema_name, set_version)
+             SELECT $2, $11 WHERE $3 = 'current' AND EXISTS (SELECT 1 FROM ended)
+             ON CONFLICT (schema_name) DO UPDATE SET set_version = EXCLUDED.set_version, recorded_at = now())
          UPDATE public.provision_migration_run r SET state = 'finished', finished_at = now()
          WHERE r.id = $1 AND r.state = 'running' AND EXISTS (SELECT 1 FROM ended)
            AND NOT EXISTS (
@@ -742,6 +760,7 @@ async fn migrate_run_schema(
     .bind(actor)
     .bind(queued.attempt)
     .bind(&queued.scope)
+    .bind(set.version())
     .execute(&mut *conn)
     .await?;
     Ok(outcome)
@@ -760,7 +779,8 @@ pub struct RunSummary {
     pub started_by: String,
     /// The tenant migration it brings schemas to.
     pub target_version: i32,
-    /// Schemas that were behind when it started.
+    /// Schemas taken as behind when it started: read so, or hinted so (a
+    /// stale hint's schema then ends among the already current).
     pub total: i64,
     /// Schemas done so far (migrated, current or failed).
     pub done: i64,

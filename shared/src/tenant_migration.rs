@@ -55,6 +55,7 @@ pub fn write_migrations(
         return Ok(Vec::new());
     };
     let post_migrate = only.is_none() && needs_post_migrate(set, first.ledger);
+    let completes = only.is_none_or(|o| first.ledger.pending(set).last() == Some(&o));
     write_session_part(
         script,
         set,
@@ -62,6 +63,7 @@ pub fn write_migrations(
         only,
         first.ledger.is_fresh(),
         post_migrate,
+        completes,
         also,
     )
 }
@@ -83,7 +85,10 @@ fn needs_post_migrate(set: &MigrationSet, ledger: &Ledger) -> bool {
 
 /// [`write_migrations`] as one part of a session that began on a fresh
 /// schema or not (which decides whether Python migrations may be
-/// replayed), with whether the post-migrate rows follow given.
+/// replayed), with whether the post-migrate rows follow, and whether the
+/// part leaves the schemas with the whole set (then their ledger hints say
+/// so), given.
+#[allow(clippy::too_many_arguments)]
 fn write_session_part(
     script: &mut Script,
     set: &MigrationSet,
@@ -91,6 +96,7 @@ fn write_session_part(
     only: Option<i32>,
     fresh_session: bool,
     post_migrate: bool,
+    completes: bool,
     also: Option<&AlsoCte<'_>>,
 ) -> Result<Vec<i32>, ProvisionError> {
     let Some(first) = targets.first() else {
@@ -125,6 +131,10 @@ fn write_session_part(
         also(script, &positions, targets);
         script.sql(",\n");
     }
+    if completes {
+        write_ledger_hints(script, targets, version);
+        script.sql(",\n");
+    }
     write_expected_keys(script, set, first.ledger);
     let names: Vec<&str> = targets.iter().map(|t| t.ident.name()).collect();
     let message = format!(
@@ -149,19 +159,38 @@ fn write_session_part(
         for m in &written {
             script.reviewed(&m.sql);
         }
-        script.sql("INSERT INTO ").ident(target.ident).sql(
-            ".django_migrations (app, name, applied)\n SELECT app, name, clock_timestamp() FROM public.provision_migration_set_member\n WHERE set_version = ",
-        );
-        script.int(version).sql(" AND position IN (");
-        script.join(&positions, ", ", |s, p| {
-            s.int(i64::from(*p));
+        // Literal rows, as the platform's recorder inserts them: no scan of
+        // the set's table to plan in every schema.
+        script
+            .sql("INSERT INTO ")
+            .ident(target.ident)
+            .sql(".django_migrations (app, name, applied) VALUES ");
+        script.join(&written, ", ", |s, m| {
+            s.sql("(")
+                .text(&m.app)
+                .sql(", ")
+                .text(&m.name)
+                .sql(", clock_timestamp())");
         });
-        script.sql(") ORDER BY position;\n");
+        script.sql(";\n");
         if post_migrate {
             write_post_migrate(script, target.ident, version);
         }
     }
     Ok(positions)
+}
+
+/// The CTE that records, in `provision_ledger_hint`, that `targets` now
+/// have every migration of set `version`: what lets the next run's start
+/// skip reading their ledgers (the run's transaction checks them anyway).
+fn write_ledger_hints(script: &mut Script, targets: &[Target<'_>], version: i64) {
+    script.sql("hint AS (\n INSERT INTO public.provision_ledger_hint (schema_name, set_version) VALUES ");
+    script.join(targets, ", ", |s, t| {
+        s.sql("(").text(t.ident.name()).sql(", ").int(version).sql(")");
+    });
+    script.sql(
+        "\n ON CONFLICT (schema_name) DO UPDATE SET set_version = EXCLUDED.set_version, recorded_at = now())",
+    );
 }
 
 /// The CTE `expected(applied, pending)`: the keys of the set's migrations
@@ -323,6 +352,7 @@ pub fn write_one_by_one(
             Some(position),
             fresh,
             post_migrate && Some(position) == last,
+            Some(position) == last,
             None,
         )?;
         script.sql("COMMIT;\n");

@@ -165,6 +165,12 @@ async fn a_deleted_tenant_comes_back_from_its_backup_identical_and_served() {
     let file = delete_now(&env, "theo");
     assert!(!schema_exists(&env, "theo").await, "the schema is still there");
     assert!(tenant_rows(&env, "theo").await.is_empty(), "rows left behind");
+    let hint: Option<i32> =
+        sqlx::query_scalar("SELECT set_version FROM provision_ledger_hint WHERE schema_name = 'theo'")
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(hint, None, "the dropped schema's ledger hint is left behind");
     assert_eq!(served(&env, "theo.newconcierge.app").0, 404);
     let shown = status(&env, "theo");
     assert_eq!(shown["lifecycle"], "deleted", "{shown}");

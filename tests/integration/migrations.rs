@@ -664,3 +664,149 @@ async fn a_ledger_changed_after_the_run_read_it_is_read_again_and_nothing_is_app
     assert_eq!(ahead_ledger, expected);
     assert!(has_notes_column(&env, ahead).await);
 }
+
+/// Sends every pending row of run `run_id` to `queued`, as a dispatch would
+/// (without pushing jobs: the tests run them).
+async fn queue_all(env: &TestEnv, run_id: i64) {
+    sqlx::query(
+        "UPDATE provision_migration_run_schema SET state = 'queued', queued_at = now(), attempt = 1
+         WHERE run_id = $1 AND state = 'pending'",
+    )
+    .bind(run_id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+/// The set `schema`'s ledger hint names, if it has one.
+async fn hint_of(env: &TestEnv, schema: &str) -> Option<i32> {
+    sqlx::query_scalar("SELECT set_version FROM provision_ledger_hint WHERE schema_name = $1")
+        .bind(schema)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// What the platform's own `migrate_schemas --schema=<schema>` does for the
+/// notes migration: its DDL and its ledger row, without this project.
+async fn platform_applies_notes(env: &TestEnv, schema: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL search_path TO \"{schema}\", public; {ADD_NOTES}
+         INSERT INTO django_migrations (app, name, applied) VALUES ('buildings', '0002_notes', now()); COMMIT;"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_schema_the_platform_migrated_behind_its_hint_is_found_current_and_nothing_is_applied_twice() {
+    use provision_shared::migrate_all::SchemaOutcome;
+    let env = TestEnv::new("mighint").await;
+    let names = ready_tenants(&env, "hint", 2).await;
+    let built_in = MigrationSet::in_force(&env.pool).await.unwrap().version();
+    for name in &names {
+        assert_eq!(
+            hint_of(&env, name).await,
+            Some(built_in),
+            "provisioning leaves a hint"
+        );
+    }
+    add_notes(&env, ADD_NOTES);
+    let set = MigrationSet::in_force(&env.pool).await.unwrap();
+    // The platform migrates one schema itself: its hint is now stale.
+    let (migrated_by_platform, ours) = (&names[0], &names[1]);
+    platform_applies_notes(&env, migrated_by_platform).await;
+
+    let run_id = start_run_unpushed(&env, &set).await;
+    let rows: Vec<(String, Vec<i32>)> = sqlx::query_as(
+        "SELECT schema_name, pending FROM provision_migration_run_schema WHERE run_id = $1 ORDER BY schema_name",
+    )
+    .bind(run_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let notes = i32::try_from(set.len()).unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (migrated_by_platform.clone(), vec![notes]),
+            (ours.clone(), vec![notes])
+        ],
+        "both taken at their hints, their ledgers unread"
+    );
+    queue_all(&env, run_id).await;
+    let outcomes = run_job(&env, &set, run_id, &names).await;
+
+    assert_eq!(
+        outcomes,
+        vec![
+            (migrated_by_platform.clone(), SchemaOutcome::Current),
+            (ours.clone(), SchemaOutcome::Migrated(vec![notes])),
+        ]
+    );
+    for name in &names {
+        assert_eq!(
+            env.ledger_of(name).await,
+            built_in_keys_and(&[NOTES]),
+            "{name}: once"
+        );
+        assert!(has_notes_column(&env, name).await);
+        assert_eq!(
+            hint_of(&env, name).await,
+            Some(set.version()),
+            "{name}: hint brought up to date"
+        );
+    }
+    let summary = provision_shared::migrate_all::run_summary(&env.pool, run_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.state.as_str(), summary.migrated, summary.failed),
+        ("finished", 1, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_schema_whose_hint_names_the_target_is_read_so_a_migration_the_platform_undid_is_applied_again() {
+    use provision_shared::migrate_all::SchemaOutcome;
+    let env = TestEnv::new("migundo").await;
+    let names = ready_tenants(&env, "undo", 2).await;
+    add_notes(&env, ADD_NOTES);
+    let set = MigrationSet::in_force(&env.pool).await.unwrap();
+    let first = start_run_unpushed(&env, &set).await;
+    queue_all(&env, first).await;
+    run_job(&env, &set, first, &names).await;
+    assert_eq!(hint_of(&env, &names[0]).await, Some(set.version()));
+    // The platform unapplies the notes migration in one schema
+    // (`migrate buildings 0001`): its hint still names the set.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN; ALTER TABLE \"{0}\".buildings_building DROP COLUMN notes;
+         DELETE FROM \"{0}\".django_migrations WHERE app = 'buildings' AND name = '0002_notes'; COMMIT;",
+        names[0]
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let second = start_run_unpushed(&env, &set).await;
+    queue_all(&env, second).await;
+    let outcomes = run_job(&env, &set, second, &names[..1]).await;
+
+    let notes = i32::try_from(set.len()).unwrap();
+    assert_eq!(
+        outcomes,
+        vec![(names[0].clone(), SchemaOutcome::Migrated(vec![notes]))],
+        "read, found behind, migrated"
+    );
+    let summary = provision_shared::migrate_all::run_summary(&env.pool, second)
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.total, summary.already_current),
+        (1, 1),
+        "the other was read and is current"
+    );
+    assert!(has_notes_column(&env, &names[0]).await);
+    assert_eq!(env.ledger_of(&names[0]).await, built_in_keys_and(&[NOTES]));
+}

@@ -255,7 +255,9 @@ pub(super) async fn drop_schema<S: JobSink>(
     script
         .sql("DROP SCHEMA IF EXISTS ")
         .ident(schema)
-        .sql(" CASCADE;\n");
+        .sql(" CASCADE;\nDELETE FROM public.provision_ledger_hint WHERE schema_name = ")
+        .text(schema.name())
+        .sql(";\n");
     script.finish()?.run(&mut step.tx).await.map_err(|f| f.error)?;
     step.finish("schema_dropped", LifecycleStep::DropSchema, &detail, env.actor)
         .await
