@@ -502,6 +502,20 @@ pub(crate) fn machine_cpu() -> Option<(Duration, Duration)> {
     ))
 }
 
+/// The CPU time all the machine's programs have spent in user space so far
+/// (`user` + `nice` of `/proc/stat`): the work the database server's
+/// planner and executor do, apart from the kernel's syncing of new files,
+/// which the system and its lower bound share alike.
+pub(crate) fn machine_user_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let mut ticks = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse::<u64>().ok());
+    Some(Duration::from_millis((ticks.next()? + ticks.next()?) * 10))
+}
+
 /// The share of the machine's cores in use since `before` (a
 /// [`machine_cpu`] reading), when both readings could be made.
 pub(crate) fn busy_share_since(before: Option<(Duration, Duration)>) -> Option<f64> {

@@ -15,7 +15,7 @@ use provision_shared::migration_set::{
 use provision_shared::password::django_argon2_hash;
 use provision_shared::sql::{Ident, Marker, Script};
 
-use crate::env::{BenchEnv, Worker, busy_share_since, machine_cpu};
+use crate::env::{BenchEnv, Worker, busy_share_since, machine_cpu, machine_user_cpu};
 use crate::fixtures::{self, ACTOR, PASSWORD};
 use crate::lower_bound::{add_column, in_schema, run_on_sessions};
 use crate::progress::Progress;
@@ -66,6 +66,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
         let mut profiles = Vec::new();
         let mut transactions = Samples::default();
         let mut floor_busy = Samples::default();
+        let mut floor_user = Samples::default();
         for rep in 1..=options.repeat {
             column += 1;
             push_bench_migration(&mut document, column);
@@ -103,6 +104,7 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             let ddl = bench_member(column)?;
             env.settle().await;
             let machine_before = machine_cpu();
+            let user_before = machine_user_cpu();
             let floor_run = run_on_sessions(
                 &env.database_url,
                 concurrency,
@@ -116,6 +118,9 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             if let Some(busy) = busy_share_since(machine_before) {
                 floor_busy.push(busy);
             }
+            if let Some((after, before)) = machine_user_cpu().zip(user_before) {
+                floor_user.push(millis(after.saturating_sub(before)));
+            }
         }
         report.row(
             format!("migrate-all, {n} schemas, concurrency {concurrency}"),
@@ -128,9 +133,10 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
             report.note(format!(
                 "migrate-all c={concurrency} (medians): {profile}; about {:.1} transactions per schema \
                  (pg_stat_database, the bench's own queries subtracted; the lower bound commits 1); \
-                 during the lower bound the machine's cores were {:.0}% busy",
+                 during the lower bound the machine's cores were {:.0}% busy, {:.0} ms of user CPU",
                 transactions.median(),
-                floor_busy.median() * 100.0
+                floor_busy.median() * 100.0,
+                floor_user.median()
             ));
         }
     }
@@ -205,6 +211,8 @@ pub(crate) struct TimedRun {
     /// cores in use meanwhile.
     worker_cpu: Option<Duration>,
     machine_busy: Option<f64>,
+    /// The machine's user-space CPU time over the run.
+    user_cpu: Option<Duration>,
 }
 
 /// Starts a run to `version` and follows it to its end: the time an
@@ -220,6 +228,7 @@ pub(crate) async fn timed_run(
     let queue = env.queue().await?;
     let cpu_before = worker.cpu_time();
     let machine_before = machine_cpu();
+    let user_before = machine_user_cpu();
     let started = Instant::now();
     let mut queries = 1;
     let run_id = start_operator_run(env, set, &queue).await?;
@@ -252,6 +261,9 @@ pub(crate) async fn timed_run(
                 .zip(cpu_before)
                 .map(|(after, before)| after.saturating_sub(before));
             let machine_busy = busy_share_since(machine_before);
+            let user_cpu = machine_user_cpu()
+                .zip(user_before)
+                .map(|(after, before)| after.saturating_sub(before));
             return Ok(TimedRun {
                 elapsed,
                 run_id,
@@ -259,6 +271,7 @@ pub(crate) async fn timed_run(
                 start,
                 worker_cpu,
                 machine_busy,
+                user_cpu,
             });
         }
         worker.ensure_alive()?;
@@ -394,6 +407,7 @@ struct RunProfile {
     start: f64,
     worker_cpu: Option<f64>,
     machine_busy: Option<f64>,
+    user_cpu: Option<f64>,
     to_first_queued: f64,
     to_first_done: f64,
     first_to_last_done: f64,
@@ -419,6 +433,7 @@ async fn run_profile(env: &BenchEnv, timed: &TimedRun) -> Option<RunProfile> {
         start: millis(timed.start),
         worker_cpu: timed.worker_cpu.map(millis),
         machine_busy: timed.machine_busy,
+        user_cpu: timed.user_cpu.map(millis),
         to_first_queued: row.0?,
         to_first_done: row.1?,
         first_to_last_done: row.2?,
@@ -447,6 +462,9 @@ fn median_profile(profiles: &[RunProfile]) -> Option<String> {
     }
     if let Some(busy) = median_of(|p| p.machine_busy) {
         text.push_str(&format!(", the machine's cores {:.0}% busy", busy * 100.0));
+    }
+    if let Some(user) = median_of(|p| p.user_cpu) {
+        text.push_str(&format!(", {user:.0} ms of user CPU"));
     }
     Some(text)
 }
