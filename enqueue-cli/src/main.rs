@@ -425,6 +425,7 @@ impl Command {
 }
 
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -445,6 +446,32 @@ fn main() -> ExitCode {
             e.exit_code()
         }
     }
+}
+
+/// What a shell reports for a program that a closed pipe stopped (128 +
+/// SIGPIPE).
+const BROKEN_PIPE_EXIT: i32 = 141;
+
+/// `provision list | head` closes stdout before everything is printed, and
+/// `println!` then panics. Exit quietly, as a Unix tool stopped by the
+/// closed pipe does, instead of printing a panic and its backtrace. (The
+/// standard library ignores SIGPIPE, and `unsafe` is forbidden here, so
+/// the write's error is the only sign; its message is the only way to tell
+/// it from a real panic.)
+fn exit_quietly_on_broken_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(BROKEN_PIPE_EXIT);
+        }
+        report(info);
+    }));
 }
 
 /// Help and version go out as clap prints them; any other parse error is

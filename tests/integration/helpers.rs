@@ -304,7 +304,7 @@ impl TestEnv {
         &self.dir
     }
 
-    fn env_vars(&self) -> Vec<(String, String)> {
+    pub fn env_vars(&self) -> Vec<(String, String)> {
         let mut vars: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), self.database_url.clone()),
             ("REDIS_URL".into(), self.redis_url.clone()),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Run, TestEnv, guide_tenant_args, request_tenant, strs};
+use crate::helpers::{Run, TestEnv, binary, guide_tenant_args, request_tenant, strs};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -517,4 +517,25 @@ async fn status_and_list_answer_the_guides_questions() {
     );
     let filtered = env.provision(&["list", "--state", "ready", "--json"]);
     assert_eq!(filtered.json(), serde_json::json!([]));
+}
+
+/// `provision list | head`: the reader is gone before anything is printed.
+/// The command exits as a Unix tool stopped by a closed pipe does (141),
+/// with no panic on stderr.
+#[tokio::test]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let env = TestEnv::new("opspipe").await;
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let output = std::process::Command::new(binary("provision"))
+        .envs(env.env_vars())
+        .args(["list"])
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run provision");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
