@@ -16,12 +16,12 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::error::{ProvisionError, violated_constraint};
+use crate::error::{ProvisionError, sqlstate_of, violated_constraint};
 use crate::jobs::{JobRequest, JobSink};
 use crate::ledger::{Ledger, ledgers_by_hint, read_ledger, read_ledgers};
 use crate::locks::advisory_key;
 use crate::migration_set::MigrationSet;
-use crate::names::constraint;
+use crate::names::{constraint, sqlstate};
 use crate::retry::{Next, RetryPolicy};
 use crate::sql::{Ident, Marker, Script};
 use crate::tenant_migration::{SchemaMigrated, Target, migrate_schema, refused_python, write_migrations};
@@ -524,6 +524,36 @@ impl QueuedSchema {
     }
 }
 
+/// A job's schemas to go the fast way, in transactions of up to
+/// [`SCHEMAS_PER_TRANSACTION`] with the same ledger each.
+type Groups<'q> = VecDeque<Vec<(&'q QueuedSchema, Ident, Ledger)>>;
+
+/// Adds queued schema `q`, whose ledger is `ledger`, to the last group if it
+/// has room and the same ledger, else to a new one; or to `checked` when its
+/// migrations must be refused (Python on a schema that has migrations) or
+/// its name is not a schema's.
+fn add_to_groups<'q>(
+    groups: &mut Groups<'q>,
+    checked: &mut Vec<&'q QueuedSchema>,
+    set: &MigrationSet,
+    q: &'q QueuedSchema,
+    ledger: Ledger,
+) {
+    let ident = match Ident::existing_schema(&q.schema_name) {
+        Ok(ident) if refused_python(set, &ledger).is_none() => ident,
+        _ => {
+            checked.push(q);
+            return;
+        }
+    };
+    match groups.back_mut() {
+        Some(group) if group.len() < SCHEMAS_PER_TRANSACTION && group[0].2 == ledger => {
+            group.push((q, ident, ledger));
+        }
+        _ => groups.push_back(vec![(q, ident, ledger)]),
+    }
+}
+
 /// Runs a run's `MigrateSchema` job for `schema_names` and records how each
 /// ended; finishes the run when none is left open. The outcomes come in the
 /// job's order.
@@ -531,11 +561,14 @@ impl QueuedSchema {
 /// Schemas go the fast way when their rows still describe them: up to
 /// [`SCHEMAS_PER_TRANSACTION`] with the same ledger at a time, their pending
 /// migrations, ledger rows, bookkeeping and outcomes in one transaction,
-/// every group of the job in one message. A group that stops the message
-/// (a ledger that changed, a migration that fails) goes the checked way
-/// schema by schema, which reads the ledger again ([`migrate_schema`]), and
-/// the groups after it are sent again; so does a schema whose migrations
-/// this worker must refuse (Python on a schema that has migrations).
+/// every group of the job in one message. The first group whose ledger
+/// guard fails has its ledgers and those of the groups after it read again
+/// in one query: the current ones are recorded so, the rest regrouped and
+/// sent again. A group that stops the message otherwise (a migration that
+/// fails, or a guard failing a second time) goes the checked way schema by
+/// schema, which reads the ledger again ([`migrate_schema`]), and the groups
+/// after it are sent again; so does a schema whose migrations this worker
+/// must refuse (Python on a schema that has migrations).
 pub async fn migrate_run_schemas(
     pool: &PgPool,
     set: &MigrationSet,
@@ -570,29 +603,26 @@ pub async fn migrate_run_schemas(
         .collect();
     // In the job's order: the fast way in groups with the same ledger, for
     // rows written for this set; the rest the checked way.
-    let mut groups: VecDeque<Vec<(&QueuedSchema, Ident, Ledger)>> = VecDeque::new();
+    let mut groups: Groups<'_> = VecDeque::new();
     let mut checked: Vec<&QueuedSchema> = Vec::new();
     for name in schema_names {
         let Some(q) = queued.iter().find(|q| &q.schema_name == name) else {
             continue;
         };
         let ledger = q.ledger(set);
-        let fast = q.target_version == set.version()
-            && !q.pending.is_empty()
-            && refused_python(set, &ledger).is_none();
-        let ident = Ident::existing_schema(&q.schema_name);
-        let (true, Ok(ident)) = (fast, ident) else {
+        if q.target_version == set.version() && !q.pending.is_empty() {
+            add_to_groups(&mut groups, &mut checked, set, q, ledger);
+        } else {
             checked.push(q);
-            continue;
-        };
-        match groups.back_mut() {
-            Some(group) if group.len() < SCHEMAS_PER_TRANSACTION && group[0].2 == ledger => {
-                group.push((q, ident, ledger));
-            }
-            _ => groups.push_back(vec![(q, ident, ledger)]),
         }
     }
     let mut conn = pool.acquire().await?;
+    // A guard that fails says a ledger is not what the row (or its hint)
+    // said: the platform's Django migrated it meanwhile, most often every
+    // schema alike. The ledgers of the failing group and those after it are
+    // then read once, in one query, and the schemas regrouped by what they
+    // really lack; only a second failure sends them the checked way.
+    let mut read_again = false;
     while !groups.is_empty() {
         let mut script = Script::new();
         let mut sent: Vec<(Vec<i32>, Marker<bool>)> = Vec::with_capacity(groups.len());
@@ -613,14 +643,15 @@ pub async fn migrate_run_schemas(
             });
             sent.push((applied, committed));
         }
-        let output = match script.finish()?.run(&mut conn).await {
-            Ok(output) => output,
+        let (output, guard_failed) = match script.finish()?.run(&mut conn).await {
+            Ok(output) => (output, false),
             Err(failure) => {
-                tracing::debug!(run_id, error = %failure.error, "schemas sent together stopped; the failing group goes one by one");
+                tracing::debug!(run_id, error = %failure.error, "schemas sent together stopped");
+                let guard_failed = sqlstate_of(&failure.error).as_deref() == Some(sqlstate::GUARD_FAILED);
                 // The connection may be the reason: take another.
                 drop(conn);
                 conn = pool.acquire().await?;
-                failure.output
+                (failure.output, guard_failed)
             }
         };
         for (applied, committed) in sent {
@@ -631,12 +662,37 @@ pub async fn migrate_run_schemas(
                         .iter()
                         .map(|(q, _, _)| (q.schema_name.clone(), SchemaOutcome::Migrated(applied.clone()))),
                 );
-            } else {
-                // This group stopped the message: its schemas go the checked
-                // way; the groups after it were not run and are sent again.
-                checked.extend(group.iter().map(|(q, _, _)| *q));
-                break;
+                continue;
             }
+            // This group stopped the message; the groups after it were not
+            // run and are sent again.
+            if guard_failed && !read_again {
+                read_again = true;
+                let rest: Vec<&QueuedSchema> = group
+                    .iter()
+                    .chain(groups.iter().flatten())
+                    .map(|(q, _, _)| *q)
+                    .collect();
+                groups.clear();
+                let names: Vec<String> = rest.iter().map(|q| q.schema_name.clone()).collect();
+                let ledgers = read_ledgers(pool, set, &names).await?;
+                for q in rest {
+                    match ledgers.get(&q.schema_name) {
+                        Some(ledger @ Ledger::Applied(_)) if ledger.pending(set).is_empty() => {
+                            record_outcome(&mut conn, set, run_id, q, &SchemaOutcome::Current, 0, actor)
+                                .await?;
+                            outcomes.push((q.schema_name.clone(), SchemaOutcome::Current));
+                        }
+                        Some(ledger @ (Ledger::Applied(_) | Ledger::NoLedger)) => {
+                            add_to_groups(&mut groups, &mut checked, set, q, ledger.clone());
+                        }
+                        Some(Ledger::NoSchema) | None => checked.push(q),
+                    }
+                }
+            } else {
+                checked.extend(group.iter().map(|(q, _, _)| *q));
+            }
+            break;
         }
     }
     for q in checked {
@@ -711,7 +767,24 @@ async fn migrate_run_schema(
             Next::RetryAfter(delay_ms) => (SchemaOutcome::Retrying(e.to_string()), delay_ms),
         },
     };
-    let (state, applied, error, detail) = match &outcome {
+    record_outcome(conn, set, run_id, queued, &outcome, delay_ms, actor).await?;
+    Ok(outcome)
+}
+
+/// Records how queued schema `queued` of run `run_id` ended (a retry
+/// pending again after `delay_ms`), with the tenant's history event for a
+/// run of one schema, and finishes the run when it was its last open
+/// schema.
+async fn record_outcome(
+    conn: &mut sqlx::PgConnection,
+    set: &MigrationSet,
+    run_id: i64,
+    queued: &QueuedSchema,
+    outcome: &SchemaOutcome,
+    delay_ms: u64,
+    actor: &str,
+) -> Result<(), ProvisionError> {
+    let (state, applied, error, detail) = match outcome {
         SchemaOutcome::Migrated(applied) => (
             "migrated",
             applied.clone(),
@@ -721,7 +794,7 @@ async fn migrate_run_schema(
         SchemaOutcome::Current => ("current", Vec::new(), None, Some("already current".to_owned())),
         SchemaOutcome::Failed(e) => ("failed", Vec::new(), Some(e.clone()), None),
         SchemaOutcome::Retrying(e) => ("pending", Vec::new(), Some(e.clone()), None),
-        SchemaOutcome::NotQueued => return Ok(outcome),
+        SchemaOutcome::NotQueued => return Ok(()),
     };
     sqlx::query(
         "WITH ended AS (
@@ -763,7 +836,7 @@ async fn migrate_run_schema(
     .bind(set.version())
     .execute(&mut *conn)
     .await?;
-    Ok(outcome)
+    Ok(())
 }
 
 /// A run's progress and outcome.
