@@ -127,8 +127,11 @@ pub(crate) async fn run(env: &BenchEnv, options: &Options, report: &mut Report) 
     );
 
     // The same schemas, as if every one had been made by hand: no row of
-    // this project's, so each ledger is read for the first time.
+    // this project's, and no ledger hint, so each ledger is read.
     sqlx::query("DELETE FROM public.provision_tenant")
+        .execute(&env.pool)
+        .await?;
+    sqlx::query("DELETE FROM public.provision_ledger_hint")
         .execute(&env.pool)
         .await?;
     platform.add_migration(4)?;
