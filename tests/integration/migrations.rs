@@ -628,14 +628,7 @@ async fn a_ledger_changed_after_the_run_read_it_is_read_again_and_nothing_is_app
         .await
         .unwrap();
     }
-    sqlx::query(
-        "UPDATE provision_migration_run_schema SET state = 'queued', queued_at = now(), attempt = 1
-         WHERE run_id = $1",
-    )
-    .bind(run_id)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    queue_all(&env, run_id).await;
 
     let outcomes = run_job(&env, &set, run_id, &names).await;
 
